@@ -1,0 +1,1 @@
+"""tokenpool services: gateway, router, gpu_worker, autoscaler and the CLI."""

@@ -1,0 +1,340 @@
+"""The multi-model engine: explicit model memory, paged KV, continuous batching.
+
+    engine = Engine(EngineConfig(), {"smollm2": path})
+    engine.activate("smollm2")
+    engine.add_request(EngineRequest("r1", "smollm2", prompt_ids, SamplingParams(max_tokens=32)))
+    while engine.has_work():
+        outputs = engine.step()
+
+One model computes at a time (the active one); others can be resident in the arena
+(switching to them is free), in host memory (switching is one bulk copy, which
+`prefetch` overlaps with the current model's compute) or on disk.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from shared.tokenizer import Tokenizer, TokenizerError
+
+from .config import EngineConfig, load_model_config
+from .errors import InvalidRequestError, OutOfMemoryError, UnknownModelError
+from .layout import weight_layout
+from .loader import load_weights
+from .memory import Copier, DeviceArena, HostSwapArea
+from .model import DecoderModel
+from .residency import ModelSlot, Tier
+from .runner import run_batch
+from .sampler import sample
+from .scheduler import Scheduler, pages_needed
+from .sequence import EngineRequest, Sequence
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    request_id: str
+    model: str
+    token_id: int
+    index: int
+    """Position of the token in the request's output, from 0."""
+    logprob: float | None
+    finish_reason: str | None
+    """None while the request goes on; "stop" or "length" on its last token."""
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    active: str | None
+    models: dict[str, str]
+    total_pages: int
+    free_pages: int
+    total_host_pages: int
+    free_host_pages: int
+    waiting: int
+    running: int
+    swapped: int
+
+
+class Engine:
+    def __init__(self, config: EngineConfig, models: dict[str, Path]):
+        self.config = config
+        self.device = torch.device(config.device)
+        self.dtype = config.torch_dtype
+        self.model_paths = {name: Path(p) for name, p in models.items()}
+        self.arena = DeviceArena(
+            self.device, self.dtype, config.weight_arena_bytes, config.kv_arena_bytes, config.kv_page_bytes
+        )
+        pin = self.device.type == "cuda"
+        self.swap = HostSwapArea(self.dtype, self.arena.page_elems, config.host_swap_bytes, pin)
+        self.copier = Copier(self.device)
+        self.scheduler = Scheduler(self.arena.pages, config.max_batch_tokens, config.max_batch_size)
+        self.active: str | None = None
+        self._slots: dict[str, ModelSlot] = {}
+        self._seqs: dict[str, Sequence] = {}
+        self._arrivals = itertools.count()
+        self._clock = itertools.count(1)
+
+    # ---- model memory ---------------------------------------------------------------
+
+    def slot(self, name: str) -> ModelSlot:
+        if name in self._slots:
+            return self._slots[name]
+        if name not in self.model_paths:
+            known = ", ".join(sorted(self.model_paths)) or "none"
+            raise UnknownModelError(f"unknown model {name!r} (this engine serves: {known})")
+        path = self.model_paths[name]
+        cfg = load_model_config(name, path)
+        per_token = cfg.kv_bytes_per_token(self.dtype)
+        block_tokens = self.config.kv_page_bytes // per_token
+        if block_tokens < 1:
+            raise OutOfMemoryError(
+                f"model {name!r} needs {per_token} KV bytes per token; raise kv_page_bytes above that"
+            )
+        kv = self.arena.kv[:, : block_tokens * per_token // self.dtype.itemsize].view(
+            self.arena.num_pages, cfg.num_layers, 2, block_tokens, cfg.num_kv_heads, cfg.head_dim
+        )
+        self._slots[name] = ModelSlot(cfg, path, weight_layout(cfg), block_tokens, kv)
+        return self._slots[name]
+
+    def tier(self, name: str) -> Tier:
+        return self.slot(name).tier
+
+    def load(self, name: str) -> None:
+        """Disk to host memory (pinned on CUDA)."""
+        slot = self.slot(name)
+        if slot.host is None:
+            slot.host = load_weights(slot.cfg, slot.path, slot.layout, self.dtype, pin=self.device.type == "cuda")
+
+    def prefetch(self, name: str) -> None:
+        """Starts copying the model into the arena while the active model keeps computing."""
+        slot = self.slot(name)
+        if slot.tier is Tier.DEVICE:
+            return
+        self.load(name)
+        offset = self._allocate_weights(slot, keep={name, self.active})
+        dest = self.arena.weights[offset : offset + slot.layout.numel]
+        slot.pending_copy = self.copier.start(dest, slot.host)
+        slot.device_offset = offset
+        slot.model = DecoderModel(slot.cfg, slot.layout.views(dest), self.device)
+
+    def activate(self, name: str) -> None:
+        """Makes `name` the computing model, copying it in now if no prefetch did."""
+        slot = self.slot(name)
+        if slot.tier is not Tier.DEVICE:
+            self.load(name)
+            offset = self._allocate_weights(slot, keep={name})
+            dest = self.arena.weights[offset : offset + slot.layout.numel]
+            self.copier.copy(dest, slot.host)
+            slot.device_offset = offset
+            slot.model = DecoderModel(slot.cfg, slot.layout.views(dest), self.device)
+        self.copier.wait(slot.pending_copy)
+        slot.pending_copy = None
+        slot.last_used = next(self._clock)
+        self.active = name
+
+    def evict(self, name: str) -> None:
+        """Frees the model's range of the arena; its host copy stays. KV pages are untouched."""
+        slot = self.slot(name)
+        if slot.tier is not Tier.DEVICE:
+            return
+        self.copier.wait(slot.pending_copy)
+        slot.pending_copy = None
+        self.arena.weight_ranges.free(slot.device_offset)
+        slot.device_offset, slot.model = None, None
+        if self.active == name:
+            self.active = None
+
+    def unload(self, name: str) -> None:
+        self.evict(name)
+        self.slot(name).host = None
+
+    def _allocate_weights(self, slot: ModelSlot, keep: set) -> int:
+        size = slot.layout.numel
+        while (offset := self.arena.weight_ranges.allocate(size)) is None:
+            victims = [s for n, s in self._slots.items() if s.tier is Tier.DEVICE and n not in keep]
+            if not victims:
+                raise OutOfMemoryError(
+                    f"model {slot.cfg.name!r} needs {slot.weight_bytes} bytes of the weight arena "
+                    f"({self.config.weight_arena_bytes} bytes); raise weight_arena_bytes"
+                )
+            self.evict(min(victims, key=lambda s: s.last_used).cfg.name)
+        return offset
+
+    # ---- requests -------------------------------------------------------------------
+
+    def add_request(self, request: EngineRequest) -> None:
+        slot = self.slot(request.model)
+        request.params.validate()
+        if request.request_id in self._seqs:
+            raise InvalidRequestError(f"request id {request.request_id!r} is already in use")
+        prompt = request.prompt_token_ids
+        if not prompt:
+            raise InvalidRequestError("the prompt is empty")
+        vocab = slot.cfg.vocab_size
+        bad = [t for t in prompt if not isinstance(t, int) or not 0 <= t < vocab]
+        if bad:
+            raise InvalidRequestError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {vocab})")
+        if len(prompt) >= slot.cfg.max_position:
+            raise InvalidRequestError(
+                f"the prompt has {len(prompt)} tokens; model {request.model!r} has a context window "
+                f"of {slot.cfg.max_position} tokens, which must also hold at least one new token"
+            )
+        if pages_needed(len(prompt) + 1, slot.block_tokens) > self.arena.num_pages:
+            raise InvalidRequestError(
+                f"the prompt has {len(prompt)} tokens, more than the KV cache can ever hold "
+                f"({self.arena.num_pages * slot.block_tokens} tokens of model {request.model!r})"
+            )
+        if request.params.stop:
+            self.tokenizer(request.model)
+        seq = Sequence(request, arrival=next(self._arrivals))
+        self._seqs[request.request_id] = seq
+        self.scheduler.add(seq)
+
+    def abort(self, request_id: str) -> bool:
+        seq = self._seqs.pop(request_id, None)
+        if seq is None:
+            return False
+        self.swap.pages.free(seq.host_pages)
+        seq.host_pages = []
+        self.scheduler.finish(seq, "abort")
+        return True
+
+    def has_work(self, model: str | None = None) -> bool:
+        return self.scheduler.has_work(model)
+
+    def models_with_work(self) -> list[str]:
+        return sorted({s.model for s in self._seqs.values()})
+
+    def step(self) -> list[StepOutput]:
+        """One prefill or decode step of the active model; returns the tokens it produced."""
+        if self.active is None:
+            return []
+        self.swap_in(model=self.active)
+        slot = self._slots[self.active]
+        batch = self.scheduler.schedule(self.active, slot.block_tokens)
+        if batch is None and self.has_work(self.active) and self._park_other_models():
+            batch = self.scheduler.schedule(self.active, slot.block_tokens)
+        if batch is None:
+            return []
+        logits = run_batch(slot, batch, self.device)
+        samplers = [s for s, sampled in zip(batch.seqs, batch.sampling) if sampled]
+        self.scheduler.commit(batch)
+        if not samplers:
+            return []
+        token_ids, logprobs = sample(logits, samplers)
+        return self._append(slot, samplers, token_ids, logprobs)
+
+    def _append(self, slot: ModelSlot, seqs, token_ids, logprobs) -> list[StepOutput]:
+        outputs = []
+        for i, (seq, token) in enumerate(zip(seqs, token_ids)):
+            seq.token_ids.append(token)
+            logprob = logprobs[i] if logprobs is not None and seq.params.logprobs else None
+            if logprob is not None:
+                seq.output_logprobs.append(logprob)
+            reason = self._finish_reason(slot, seq, token)
+            if reason is not None:
+                self.scheduler.finish(seq, reason)
+                del self._seqs[seq.request_id]
+            outputs.append(
+                StepOutput(seq.request_id, seq.model, token, len(seq.output_ids) - 1, logprob, reason)
+            )
+        return outputs
+
+    def _finish_reason(self, slot: ModelSlot, seq: Sequence, token: int) -> str | None:
+        params = seq.params
+        if (not params.ignore_eos and token in slot.cfg.eos_token_ids) or token in params.stop_token_ids:
+            return "stop"
+        if params.stop and self.stop_string_hit(slot, seq):
+            return "stop"
+        if len(seq.output_ids) >= params.max_tokens or len(seq.token_ids) >= slot.cfg.max_position:
+            return "length"
+        return None
+
+    def stop_string_hit(self, slot: ModelSlot, seq: Sequence) -> bool:
+        text = self.tokenizer(slot.cfg.name).decode(seq.output_ids)
+        # Only the tail can hold a match that the previous token did not complete.
+        window = max(len(s) for s in seq.params.stop) + 16
+        return any(s in text[-window:] for s in seq.params.stop)
+
+    def tokenizer(self, name: str) -> Tokenizer:
+        slot = self.slot(name)
+        if slot.tokenizer is None:
+            try:
+                slot.tokenizer = Tokenizer(slot.path)
+            except TokenizerError as e:
+                raise InvalidRequestError(f"model {name!r}: stop strings need a tokenizer ({e})") from None
+        return slot.tokenizer
+
+    def _park_other_models(self) -> bool:
+        """Swaps other models' running sequences out when the active model has no page to run on."""
+        others = {s.model for s in self.scheduler.running if s.model != self.active}
+        return sum(self.swap_out(model=m) for m in others) > 0
+
+    # ---- KV swap --------------------------------------------------------------------
+
+    def swap_out(self, model: str | None = None, request_ids: list[str] | None = None) -> int:
+        """Parks running sequences' KV pages in host memory, freeing their device pages."""
+        seqs = self._select(self.scheduler.running, model, request_ids)
+        for seq in seqs:
+            if not self.swap.pages.can_allocate(len(seq.pages)):
+                raise OutOfMemoryError(
+                    f"host swap area is full ({self.swap.pages.num_free} pages free, "
+                    f"{len(seq.pages)} needed); raise host_swap_bytes"
+                )
+            seq.host_pages = self.swap.pages.allocate(len(seq.pages))
+            for device_page, host_page in zip(seq.pages, seq.host_pages):
+                self.swap.kv[host_page].copy_(self.arena.kv[device_page], non_blocking=True)
+            self.arena.pages.free(seq.pages)
+            seq.pages = []
+            self.scheduler.mark_swapped(seq)
+        return len(seqs)
+
+    def swap_in(self, model: str | None = None, request_ids: list[str] | None = None) -> int:
+        """Brings swapped sequences back, oldest first, while device pages last."""
+        count = 0
+        for seq in self._select(self.scheduler.swapped, model, request_ids):
+            if not self.arena.pages.can_allocate(len(seq.host_pages)):
+                break
+            seq.pages = self.arena.pages.allocate(len(seq.host_pages))
+            for device_page, host_page in zip(seq.pages, seq.host_pages):
+                self.arena.kv[device_page].copy_(self.swap.kv[host_page], non_blocking=True)
+            self.swap.pages.free(seq.host_pages)
+            seq.host_pages = []
+            self.scheduler.mark_swapped_in(seq)
+            count += 1
+        return count
+
+    @staticmethod
+    def _select(queue: list[Sequence], model: str | None, request_ids: list[str] | None) -> list[Sequence]:
+        wanted = None if request_ids is None else set(request_ids)
+        return [
+            s for s in queue if (model is None or s.model == model) and (wanted is None or s.request_id in wanted)
+        ]
+
+    # ---- introspection --------------------------------------------------------------
+
+    def stats(self) -> EngineStats:
+        s = self.scheduler
+        return EngineStats(
+            active=self.active,
+            models={n: slot.tier.value for n, slot in self._slots.items()},
+            total_pages=self.arena.num_pages,
+            free_pages=self.arena.pages.num_free,
+            total_host_pages=self.swap.pages.num_pages,
+            free_host_pages=self.swap.pages.num_free,
+            waiting=len(s.waiting),
+            running=len(s.running),
+            swapped=len(s.swapped),
+        )
+
+    def sequence(self, request_id: str) -> Sequence | None:
+        return self._seqs.get(request_id)
+
+    def close(self) -> None:
+        self.copier.synchronize()
+        self.copier.close()
+

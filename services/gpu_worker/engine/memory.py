@@ -1,0 +1,136 @@
+"""Explicit device memory: one preallocated arena, carved into a weight region and KV pages.
+
+Nothing is allocated on the device after start-up: a model switched in is copied into a
+range of the weight region, a KV block is a page of the KV region. Host-to-device copies
+run on a side CUDA stream on GPUs and on a helper thread on CPU, so a prefetch overlaps
+the current model's compute on both.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import torch
+
+from .errors import OutOfMemoryError
+
+
+class RangeAllocator:
+    """First-fit allocator of [0, capacity) ranges, in elements."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self._used: list[tuple[int, int]] = []  # sorted (offset, size)
+
+    def allocate(self, size: int) -> int | None:
+        cursor = 0
+        for i, (offset, used) in enumerate(self._used):
+            if offset - cursor >= size:
+                self._used.insert(i, (cursor, size))
+                return cursor
+            cursor = offset + used
+        if self.capacity - cursor < size:
+            return None
+        self._used.append((cursor, size))
+        return cursor
+
+    def free(self, offset: int) -> None:
+        for i, (start, _) in enumerate(self._used):
+            if start == offset:
+                del self._used[i]
+                return
+        raise KeyError(f"no allocation at offset {offset}")
+
+    @property
+    def used(self) -> int:
+        return sum(size for _, size in self._used)
+
+
+class PagePool:
+    """Fixed-size pages handed out by index; the free list is a stack (recently freed first)."""
+
+    def __init__(self, num_pages: int):
+        self.num_pages = num_pages
+        self._free = list(range(num_pages - 1, -1, -1))
+
+    @property
+    def num_free(self) -> int:
+        return len(self._free)
+
+    def can_allocate(self, n: int) -> bool:
+        return n <= len(self._free)
+
+    def allocate(self, n: int) -> list[int]:
+        if n > len(self._free):
+            raise OutOfMemoryError(f"asked for {n} KV pages, {len(self._free)} free")
+        pages = self._free[-n:] if n else []
+        del self._free[len(self._free) - n :]
+        return pages[::-1]
+
+    def free(self, pages: list[int]) -> None:
+        self._free.extend(reversed(pages))
+
+
+class DeviceArena:
+    """The one device allocation: weights region, then KV pages."""
+
+    def __init__(self, device: torch.device, dtype: torch.dtype, weight_bytes: int, kv_bytes: int, page_bytes: int):
+        item = dtype.itemsize
+        self.page_elems = page_bytes // item
+        self.num_pages = kv_bytes // page_bytes
+        weight_elems = weight_bytes // item
+        total = weight_elems + self.num_pages * self.page_elems
+        self.buffer = torch.empty(total, dtype=dtype, device=device)
+        self.weights = self.buffer[:weight_elems]
+        self.kv = self.buffer[weight_elems:].view(self.num_pages, self.page_elems)
+        self.weight_ranges = RangeAllocator(weight_elems)
+        self.pages = PagePool(self.num_pages)
+
+
+class HostSwapArea:
+    """Host pages (pinned on CUDA) that hold the KV pages of paused sequences."""
+
+    def __init__(self, dtype: torch.dtype, page_elems: int, swap_bytes: int, pin: bool):
+        num_pages = max(swap_bytes // (page_elems * dtype.itemsize), 0)
+        self.kv = torch.empty((num_pages, page_elems), dtype=dtype, pin_memory=pin)
+        self.pages = PagePool(num_pages)
+
+
+class Copier:
+    """Asynchronous host-to-device copies that overlap compute; wait() joins one."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        if device.type == "cuda":
+            self._stream = torch.cuda.Stream(device)
+            self._pool = None
+        else:
+            self._stream = None
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="h2d-copy")
+
+    def start(self, dest: torch.Tensor, src: torch.Tensor):
+        if self._stream is not None:
+            self._stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(self._stream):
+                dest.copy_(src, non_blocking=True)
+                event = torch.cuda.Event()
+                event.record(self._stream)
+            return event
+        return self._pool.submit(dest.copy_, src)
+
+    def wait(self, handle) -> None:
+        if isinstance(handle, Future):
+            handle.result()
+        elif handle is not None:
+            torch.cuda.current_stream(self.device).wait_event(handle)
+
+    def copy(self, dest: torch.Tensor, src: torch.Tensor) -> None:
+        dest.copy_(src, non_blocking=self._stream is not None)
+
+    def synchronize(self) -> None:
+        if self._stream is not None:
+            torch.cuda.synchronize(self.device)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)

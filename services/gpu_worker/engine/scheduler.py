@@ -1,0 +1,138 @@
+"""Continuous batching for the model that is computing: which sequences run this step.
+
+A step is either a prefill (prompt chunks, possibly of several sequences) or a decode
+(one token for each running sequence), as in nano-vllm. Sequences of other models wait
+untouched; their KV pages stay on the device unless the engine swaps them to host memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .memory import PagePool
+from .sequence import Sequence, SeqState
+
+
+@dataclass
+class ScheduledBatch:
+    model: str
+    seqs: list[Sequence]
+    num_tokens: list[int]
+    is_prefill: bool
+
+    @property
+    def sampling(self) -> list[bool]:
+        """Whether each sequence reaches its last known token this step and so samples the next."""
+        return [s.num_cached + n == len(s.token_ids) for s, n in zip(self.seqs, self.num_tokens)]
+
+
+def pages_needed(num_tokens: int, block_tokens: int) -> int:
+    return -(-num_tokens // block_tokens)
+
+
+class Scheduler:
+    def __init__(self, pages: PagePool, max_batch_tokens: int, max_batch_size: int):
+        self.pages = pages
+        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_size = max_batch_size
+        self.waiting: list[Sequence] = []
+        self.running: list[Sequence] = []
+        self.swapped: list[Sequence] = []
+
+    def add(self, seq: Sequence) -> None:
+        seq.state = SeqState.WAITING
+        _insert_by_arrival(self.waiting, seq)
+
+    def has_work(self, model: str | None = None) -> bool:
+        return any(
+            model is None or s.model == model for s in self.waiting + self.running + self.swapped
+        )
+
+    def schedule(self, model: str, block_tokens: int) -> ScheduledBatch | None:
+        return self._schedule_prefill(model, block_tokens) or self._schedule_decode(model, block_tokens)
+
+    def _schedule_prefill(self, model: str, block_tokens: int) -> ScheduledBatch | None:
+        partial = [s for s in self.running if s.model == model and s.num_uncached > 1]
+        candidates = partial + [s for s in self.waiting if s.model == model]
+        budget = self.max_batch_tokens
+        seqs, counts = [], []
+        for seq in candidates:
+            if budget == 0 or len(seqs) == self.max_batch_size:
+                break
+            n = min(seq.num_uncached, budget)
+            extra = pages_needed(seq.num_cached + n, block_tokens) - len(seq.pages)
+            if not self.pages.can_allocate(extra):
+                break
+            seq.pages += self.pages.allocate(extra)
+            if seq.state is SeqState.WAITING:
+                self.waiting.remove(seq)
+                seq.state = SeqState.RUNNING
+                _insert_by_arrival(self.running, seq)
+            seqs.append(seq)
+            counts.append(n)
+            budget -= n
+        return ScheduledBatch(model, seqs, counts, is_prefill=True) if seqs else None
+
+    def _schedule_decode(self, model: str, block_tokens: int) -> ScheduledBatch | None:
+        seqs = []
+        for seq in [s for s in self.running if s.model == model and s.num_uncached == 1]:
+            if len(seqs) == self.max_batch_size:
+                break
+            if seq.state is not SeqState.RUNNING:
+                continue  # preempted below while making room for an earlier sequence
+            if not self._reserve_slot(seq, model, block_tokens):
+                continue
+            seqs.append(seq)
+        return ScheduledBatch(model, seqs, [1] * len(seqs), is_prefill=False) if seqs else None
+
+    def _reserve_slot(self, seq: Sequence, model: str, block_tokens: int) -> bool:
+        """Makes room for seq's next token, preempting the latest arrival of the model if needed."""
+        if pages_needed(seq.num_cached + 1, block_tokens) <= len(seq.pages):
+            return True
+        while not self.pages.can_allocate(1):
+            victim = max(
+                (s for s in self.running if s.model == model and s.pages), key=lambda s: s.arrival
+            )
+            self.preempt(victim)
+            if victim is seq:
+                return False
+        seq.pages += self.pages.allocate(1)
+        return True
+
+    def preempt(self, seq: Sequence) -> None:
+        """Frees seq's pages; it re-computes its prompt and produced tokens when rescheduled."""
+        self.running.remove(seq)
+        self.pages.free(seq.pages)
+        seq.pages = []
+        seq.num_cached = 0
+        self.add(seq)
+
+    def commit(self, batch: ScheduledBatch) -> None:
+        for seq, n in zip(batch.seqs, batch.num_tokens):
+            seq.num_cached += n
+
+    def finish(self, seq: Sequence, reason: str) -> None:
+        for queue in (self.waiting, self.running, self.swapped):
+            if seq in queue:
+                queue.remove(seq)
+        self.pages.free(seq.pages)
+        seq.pages = []
+        seq.state = SeqState.FINISHED
+        seq.finish_reason = reason
+
+    def mark_swapped(self, seq: Sequence) -> None:
+        self.running.remove(seq)
+        seq.state = SeqState.SWAPPED
+        _insert_by_arrival(self.swapped, seq)
+
+    def mark_swapped_in(self, seq: Sequence) -> None:
+        self.swapped.remove(seq)
+        seq.state = SeqState.RUNNING
+        _insert_by_arrival(self.running, seq)
+
+
+def _insert_by_arrival(queue: list[Sequence], seq: Sequence) -> None:
+    i = len(queue)
+    while i > 0 and queue[i - 1].arrival > seq.arrival:
+        i -= 1
+    queue.insert(i, seq)

@@ -1,0 +1,118 @@
+"""A request inside the engine: its tokens, its KV pages and its sampling state."""
+
+from __future__ import annotations
+
+import enum
+import math
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import InvalidRequestError
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int = 16
+    temperature: float = 1.0
+    """0 means greedy."""
+    top_p: float = 1.0
+    top_k: int = 0
+    """0 disables top-k."""
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    logprobs: bool = False
+
+    def validate(self) -> None:
+        def bad(field_name: str, why: str):
+            value = getattr(self, field_name)
+            raise InvalidRequestError(f"{field_name}={value!r} is invalid: {why}")
+
+        if not isinstance(self.max_tokens, int) or self.max_tokens <= 0:
+            bad("max_tokens", "must be a positive integer")
+        if not _finite(self.temperature) or not 0 <= self.temperature <= 100:
+            bad("temperature", "must be between 0 and 100 (0 means greedy)")
+        if not _finite(self.top_p) or not 0 < self.top_p <= 1:
+            bad("top_p", "must be in (0, 1]")
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            bad("top_k", "must be a non-negative integer (0 disables it)")
+        if self.seed is not None and (not isinstance(self.seed, int) or not 0 <= self.seed < 2**63):
+            bad("seed", "must be an integer in [0, 2**63)")
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            bad("stop", "every stop string must be a non-empty string")
+        if any(not isinstance(t, int) or t < 0 for t in self.stop_token_ids):
+            bad("stop_token_ids", "must be non-negative integers")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    request_id: str
+    model: str
+    prompt_token_ids: tuple[int, ...]
+    params: SamplingParams = SamplingParams()
+
+
+class SeqState(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    SWAPPED = "swapped"
+    FINISHED = "finished"
+
+
+@dataclass
+class Sequence:
+    request: EngineRequest
+    arrival: int
+    """Monotonic arrival order, for FCFS and for choosing whom to preempt."""
+    token_ids: list[int] = field(default_factory=list)
+    num_cached: int = 0
+    """Tokens whose K/V are in this sequence's pages."""
+    pages: list[int] = field(default_factory=list)
+    host_pages: list[int] = field(default_factory=list)
+    state: SeqState = SeqState.WAITING
+    finish_reason: str | None = None
+    output_logprobs: list[float] = field(default_factory=list)
+    generator: torch.Generator | None = None
+
+    def __post_init__(self):
+        self.token_ids = list(self.request.prompt_token_ids)
+        if not self.params.greedy:
+            seed = self.params.seed
+            if seed is None:
+                seed = int.from_bytes(os.urandom(8), "little") >> 1
+            self.generator = torch.Generator().manual_seed(seed)
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
+
+    @property
+    def model(self) -> str:
+        return self.request.model
+
+    @property
+    def params(self) -> SamplingParams:
+        return self.request.params
+
+    @property
+    def num_prompt(self) -> int:
+        return len(self.request.prompt_token_ids)
+
+    @property
+    def output_ids(self) -> list[int]:
+        return self.token_ids[self.num_prompt :]
+
+    @property
+    def num_uncached(self) -> int:
+        return len(self.token_ids) - self.num_cached

@@ -1,0 +1,1 @@
+"""Code shared by every tokenpool service: environment, model store, protocol."""
