@@ -252,6 +252,8 @@ class Engine:
             return "stop"
         if len(seq.output_ids) >= params.max_tokens or len(seq.token_ids) >= slot.cfg.max_position:
             return "length"
+        if pages_needed(len(seq.token_ids) + 1, slot.block_tokens) > self.arena.num_pages:
+            return "length"  # the whole KV cache could not hold one more token
         return None
 
     def stop_string_hit(self, slot: ModelSlot, seq: Sequence) -> bool:

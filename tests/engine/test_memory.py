@@ -1,0 +1,74 @@
+"""Arena pieces: range allocator, page pool, and page accounting under random traffic."""
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from services.gpu_worker.engine.errors import OutOfMemoryError
+from services.gpu_worker.engine.memory import PagePool, RangeAllocator
+from services.gpu_worker.engine.scheduler import Scheduler
+from services.gpu_worker.engine.sequence import EngineRequest, Sequence
+
+
+def test_range_allocator_first_fit_and_reuse():
+    r = RangeAllocator(100)
+    a, b, c = r.allocate(30), r.allocate(30), r.allocate(30)
+    assert (a, b, c) == (0, 30, 60)
+    assert r.allocate(20) is None
+    r.free(b)
+    assert r.allocate(25) == 30
+    assert r.allocate(10) == 90
+    with pytest.raises(KeyError):
+        r.free(5)
+
+
+def test_page_pool_refuses_more_than_it_has():
+    p = PagePool(4)
+    got = p.allocate(3)
+    assert len(set(got)) == 3 and p.num_free == 1
+    with pytest.raises(OutOfMemoryError, match="asked for 2 KV pages, 1 free"):
+        p.allocate(2)
+    p.free(got)
+    assert p.num_free == 4
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["add", "step", "finish", "preempt"]), st.integers(0, 40), st.sampled_from(["a", "b"])),
+        max_size=80,
+    ),
+    st.integers(2, 12),
+)
+def test_pages_balance_and_no_sequence_is_lost(ops, num_pages):
+    """Across arrivals, steps, completions and preemptions every page is owned once or free."""
+    pool = PagePool(num_pages)
+    sched = Scheduler(pool, max_batch_tokens=16, max_batch_size=4)
+    live: dict[str, Sequence] = {}
+    block = 4
+    for n, (op, x, model) in enumerate(ops):
+        if op == "add":
+            seq = Sequence(EngineRequest(f"r{n}", model, tuple(range(1, 2 + x % 9)), ), arrival=n)
+            live[seq.request_id] = seq
+            sched.add(seq)
+        elif op == "step":
+            batch = sched.schedule(model, block)
+            if batch:
+                sched.commit(batch)
+                for seq, samples in zip(batch.seqs, batch.sampling):
+                    if samples:
+                        seq.token_ids.append(7)
+        elif op == "finish" and live:
+            seq = live.pop(sorted(live)[x % len(live)])
+            sched.finish(seq, "stop")
+        elif op == "preempt":
+            running = [s for s in sched.running if s.model == model]
+            if running:
+                sched.preempt(running[x % len(running)])
+        owned = [p for s in live.values() for p in s.pages]
+        assert len(owned) == len(set(owned))
+        assert len(owned) + pool.num_free == num_pages
+        queued = sched.waiting + sched.running + sched.swapped
+        assert sorted(s.request_id for s in queued) == sorted(live)
+        for s in live.values():
+            assert s.num_cached <= len(s.pages) * block
