@@ -16,13 +16,13 @@ import argparse
 import logging
 import sys
 
-from services.cli import generate_cmd, models_cmd
+from services.cli import bench_cmd, generate_cmd, models_cmd
 from services.gpu_worker.engine.errors import EngineError
 from shared import env
 from shared.model_store import ModelStoreError
 from shared.tokenizer import TokenizerError
 
-COMMANDS = (models_cmd, generate_cmd)
+COMMANDS = (models_cmd, generate_cmd, bench_cmd)
 KNOWN_ERRORS: tuple[type[Exception], ...] = (ModelStoreError, env.EnvError, EngineError, TokenizerError)
 """Errors a user can act on: printed as one line, exit status 2, no traceback."""
 

@@ -1,0 +1,341 @@
+"""The engine benchmark behind ``tokenpool bench engine``: one run, one machine, one JSON object.
+
+Sections: `decode` (ours vs Hugging Face generate, per batch size), `copy_limit` (the
+bandwidth no switch can beat), `switch` (activate from host memory, without and with a
+prefetch overlapped with another model's decode), `kv_swap` (KV pages to host and back) and
+`machine`. bench/README.md explains each figure.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from shared.tokenizer import Tokenizer
+
+from . import bench_decode, bench_memory
+from .config import EngineConfig
+from .engine import Engine
+from .scheduler import pages_needed
+
+DECODE_TARGETS = {1: 1.0, 32: 1.5}
+"""Batch size -> the ours/HF decode ratio the engine should reach on CPU."""
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    model: str
+    model_path: Path
+    other_model: str
+    """Decodes while `model` is prefetched, so the copy overlaps real compute."""
+    other_path: Path
+    device: str = "cpu"
+    batches: tuple[int, ...] = (1, 8, 32)
+    new_tokens: int = 64
+    repeats: int = 3
+    memory_repeats: int = 5
+    swap_seqs: int = 16
+    swap_prompt_tokens: int = 512
+    synthetic_layers: int | None = None
+    """Layers of the synthetic 7B-class checkpoint; None skips it."""
+
+    def __post_init__(self):
+        if self.new_tokens < 2:
+            raise ValueError("--tokens must be at least 2: decode is timed after the first token")
+        if self.repeats < 1 or self.memory_repeats < 1:
+            raise ValueError("--repeats must be at least 1")
+        if not self.batches or min(self.batches) < 1:
+            raise ValueError("--batches must list positive batch sizes, e.g. 1,8,32")
+        if self.model == self.other_model:
+            raise ValueError("the other model (--other-model) must differ from --model")
+
+
+def run(cfg: BenchConfig, log=lambda message: None) -> dict:
+    started = time.perf_counter()
+    engine_config = EngineConfig(device=cfg.device)
+    device = torch.device(cfg.device)
+    result = {"bench": "engine", "machine": machine(device), "config": _config_json(cfg, engine_config)}
+    size = bench_memory.model_size(cfg.model, cfg.model_path, engine_config.torch_dtype)
+    result["decode"] = decode(cfg, engine_config, size, log)
+    result |= memory_sections(cfg, engine_config, cfg.model, cfg.model_path, size, log)
+    if cfg.synthetic_layers is not None:
+        result["synthetic_7b"] = synthetic_7b(cfg, engine_config, log)
+    result["machine"]["loadavg_end"] = list(os.getloadavg())
+    result["elapsed_s"] = time.perf_counter() - started
+    return _rounded(result)
+
+
+def decode(cfg: BenchConfig, engine_config: EngineConfig, size: bench_memory.ModelSize, log) -> dict:
+    tokenizer = Tokenizer(cfg.model_path)
+    prompts = {b: bench_decode.prompt_token_ids(tokenizer, b) for b in cfg.batches}
+    longest = max(len(p) for ps in prompts.values() for p in ps)
+    block_tokens = engine_config.kv_page_bytes // size.kv_bytes_per_token
+    pages = max(cfg.batches) * pages_needed(longest + cfg.new_tokens, block_tokens) + 2
+    engine = Engine(
+        EngineConfig(
+            device=cfg.device,
+            weight_arena_bytes=size.weight_bytes + bench_memory.SLACK_BYTES,
+            kv_arena_bytes=pages * engine_config.kv_page_bytes,
+            kv_page_bytes=engine_config.kv_page_bytes,
+            host_swap_bytes=engine_config.kv_page_bytes,
+            max_batch_size=max(max(cfg.batches), engine_config.max_batch_size),
+        ),
+        {cfg.model: cfg.model_path},
+    )
+    engine.activate(cfg.model)
+    hf = bench_decode.HFDecoder(cfg.model_path, torch.device(cfg.device), engine_config.torch_dtype)
+    try:
+        results = []
+        for batch in cfg.batches:
+            row = bench_decode.compare_batch(engine, cfg.model, hf, prompts[batch], cfg.new_tokens, cfg.repeats, log)
+            if batch in DECODE_TARGETS:
+                row["target_ratio"] = DECODE_TARGETS[batch]
+                row["target_met"] = row["ratio"] >= DECODE_TARGETS[batch]
+            results.append(row)
+    finally:
+        hf.close()
+        engine.close()
+    return {
+        "dtype": str(engine_config.torch_dtype).removeprefix("torch."),
+        "new_tokens": cfg.new_tokens,
+        "repeats": cfg.repeats,
+        "method": "tok/s = B*(N-1) / time from every sequence's first token to every sequence's last "
+        "(prefill excluded); HF timed with a streamer inside generate(); medians over repeats, "
+        "ours and HF interleaved",
+        "results": results,
+        "target_met": {f"batch_{r['batch']}": r["target_met"] for r in results if "target_met" in r},
+    }
+
+
+def memory_sections(
+    cfg: BenchConfig, engine_config: EngineConfig, name: str, path: Path, size: bench_memory.ModelSize, log
+) -> dict:
+    device = torch.device(cfg.device)
+    limit = bench_memory.copy_limit(device, size.weight_bytes, 3 * cfg.memory_repeats)
+    log(f"copy limit: {limit['gb_s']:.2f} GB/s over {size.weight_bytes / 1e6:.0f} MB")
+    switch = bench_memory.switch(
+        engine_config, name, path, cfg.other_model, cfg.other_path, limit["gb_s"], cfg.memory_repeats, log
+    )
+    kv_swap = bench_memory.kv_swap(
+        engine_config, name, path, limit["gb_s"], cfg.swap_seqs, cfg.swap_prompt_tokens, cfg.memory_repeats, log
+    )
+    return {"copy_limit": limit, "switch": switch, "kv_swap": kv_swap}
+
+
+def synthetic_7b(cfg: BenchConfig, engine_config: EngineConfig, log) -> dict:
+    """Switch and KV swap on a random-weight Llama of 7B shape (fewer layers with --synthetic-layers)."""
+    name = "synthetic-7b"
+    with tempfile.TemporaryDirectory(prefix="tokenpool-synthetic-") as tmp:
+        started = time.perf_counter()
+        path = write_synthetic_llama(Path(tmp) / name, cfg.synthetic_layers, torch.device(cfg.device))
+        log(f"wrote {name} ({cfg.synthetic_layers} layers) in {time.perf_counter() - started:.1f} s")
+        size = bench_memory.model_size(name, path, engine_config.torch_dtype)
+        sections = memory_sections(cfg, engine_config, name, path, size, log)
+    cfg_ = size.cfg
+    return {
+        "model": {
+            "name": name,
+            "layers": cfg_.num_layers,
+            "hidden_size": cfg_.hidden_size,
+            "intermediate_size": cfg_.intermediate_size,
+            "heads": cfg_.num_heads,
+            "kv_heads": cfg_.num_kv_heads,
+            "vocab_size": cfg_.vocab_size,
+            "checkpoint_dtype": "bfloat16",
+            "weight_bytes": size.weight_bytes,
+        },
+        **sections,
+    }
+
+
+SYNTHETIC_7B = dict(hidden_size=4096, intermediate_size=14336, heads=32, kv_heads=8, vocab_size=32000)
+
+
+def write_synthetic_llama(path: Path, layers: int, device: torch.device) -> Path:
+    """A random-weight Llama checkpoint of 7B shape in bf16 safetensors, one shard per 4 layers."""
+    from safetensors.torch import save_file
+
+    s = SYNTHETIC_7B
+    hidden, inter, head_dim = s["hidden_size"], s["intermediate_size"], s["hidden_size"] // s["heads"]
+    kv = s["kv_heads"] * head_dim
+    path.mkdir(parents=True)
+    config = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": hidden,
+        "intermediate_size": inter,
+        "num_hidden_layers": layers,
+        "num_attention_heads": s["heads"],
+        "num_key_value_heads": s["kv_heads"],
+        "head_dim": head_dim,
+        "vocab_size": s["vocab_size"],
+        "max_position_embeddings": 4096,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 500000.0,
+        "hidden_act": "silu",
+        "tie_word_embeddings": False,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "torch_dtype": "bfloat16",
+    }
+    (path / "config.json").write_text(json.dumps(config, indent=2))
+    gen_device = device if device.type == "cuda" else torch.device("cpu")
+    generator = torch.Generator(gen_device).manual_seed(0)
+
+    def randn(*shape):
+        t = torch.empty(shape, dtype=torch.bfloat16, device=gen_device).normal_(0.0, 0.02, generator=generator)
+        return t.cpu()
+
+    shards = {
+        "model-embed.safetensors": {
+            "model.embed_tokens.weight": randn(s["vocab_size"], hidden),
+            "model.norm.weight": torch.ones(hidden, dtype=torch.bfloat16),
+            "lm_head.weight": randn(s["vocab_size"], hidden),
+        }
+    }
+    for first in range(0, layers, 4):
+        shard = {}
+        for i in range(first, min(first + 4, layers)):
+            p = f"model.layers.{i}."
+            shard |= {
+                p + "input_layernorm.weight": torch.ones(hidden, dtype=torch.bfloat16),
+                p + "post_attention_layernorm.weight": torch.ones(hidden, dtype=torch.bfloat16),
+                p + "self_attn.q_proj.weight": randn(hidden, hidden),
+                p + "self_attn.k_proj.weight": randn(kv, hidden),
+                p + "self_attn.v_proj.weight": randn(kv, hidden),
+                p + "self_attn.o_proj.weight": randn(hidden, hidden),
+                p + "mlp.gate_proj.weight": randn(inter, hidden),
+                p + "mlp.up_proj.weight": randn(inter, hidden),
+                p + "mlp.down_proj.weight": randn(hidden, inter),
+            }
+        shards[f"model-layers-{first:03d}.safetensors"] = shard
+    weight_map = {}
+    for file, tensors in shards.items():
+        save_file(tensors, str(path / file), metadata={"format": "pt"})
+        weight_map |= {k: file for k in tensors}
+    (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return path
+
+
+def machine(device: torch.device) -> dict:
+    info = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "cores_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "memory_gb": _memory_gb(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "transformers": _version("transformers"),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_model(),
+        "loadavg_start": list(os.getloadavg()),
+    }
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _memory_gb() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024 / 1e9
+    except OSError:
+        pass
+    return None
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def _config_json(cfg: BenchConfig, engine_config: EngineConfig) -> dict:
+    return {
+        "model": cfg.model,
+        "model_path": str(cfg.model_path),
+        "other_model": cfg.other_model,
+        "device": cfg.device,
+        "dtype": str(engine_config.torch_dtype).removeprefix("torch."),
+        "batches": list(cfg.batches),
+        "new_tokens": cfg.new_tokens,
+        "repeats": cfg.repeats,
+        "memory_repeats": cfg.memory_repeats,
+        "kv_page_bytes": engine_config.kv_page_bytes,
+        "swap_seqs": cfg.swap_seqs,
+        "swap_prompt_tokens": cfg.swap_prompt_tokens,
+        "synthetic_layers": cfg.synthetic_layers,
+    }
+
+
+def _rounded(value):
+    if isinstance(value, float):
+        return float(f"{value:.4g}")
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
+
+
+def format_report(result: dict) -> str:
+    """A few lines a person can read; the JSON has everything."""
+    m = result["machine"]
+    lines = [
+        f"tokenpool engine bench - {m['date']} - {m['device_name']} ({m['cores']} cores, "
+        f"torch {m['torch']}, {m['torch_threads']} threads)",
+        f"model {result['config']['model']} ({result['config']['dtype']}), "
+        f"{result['decode']['new_tokens']} new tokens, medians of {result['decode']['repeats']}",
+        "",
+        f"{'batch':>5} {'ours tok/s':>11} {'hf tok/s':>9} {'ratio':>6}  target",
+    ]
+    for row in result["decode"]["results"]:
+        target = ""
+        if "target_ratio" in row:
+            target = f">= {row['target_ratio']}: {'met' if row['target_met'] else 'NOT met'}"
+        lines.append(f"{row['batch']:>5} {row['ours_tok_s']:>11.1f} {row['hf_tok_s']:>9.1f} {row['ratio']:>6.2f}  {target}")
+    lines += ["", *_memory_lines(result, "")]
+    if "synthetic_7b" in result:
+        s = result["synthetic_7b"]
+        lines += ["", f"synthetic 7B-class ({s['model']['layers']} layers, {s['model']['weight_bytes'] / 1e9:.2f} GB):"]
+        lines += _memory_lines(s, "  ")
+    lines.append(f"\n({result['elapsed_s']:.0f} s)")
+    return "\n".join(lines)
+
+
+def _memory_lines(section: dict, indent: str) -> list[str]:
+    c, s, k = section["copy_limit"], section["switch"], section["kv_swap"]
+    no, pre = s["no_prefetch"], s["prefetch"]
+    return [
+        f"{indent}copy limit       {c['gb_s']:.2f} GB/s ({c['method']})",
+        f"{indent}switch, no prefetch {no['s'] * 1000:.1f} ms = {no['ratio_to_limit']:.2f} x limit "
+        f"({s['limit_s'] * 1000:.1f} ms); target <= {no['target']}: {'met' if no['target_met'] else 'NOT met'}",
+        f"{indent}switch, prefetched  stall {pre['visible_stall_s'] * 1000:.2f} ms = {pre['visible_stall_ratio']:.3f} x limit; "
+        f"target <= {pre['target']}: {'met' if pre['target_met'] else 'NOT met'}",
+        f"{indent}kv swap ({k['pages']} pages) out {k['swap_out_gb_s']:.2f} GB/s "
+        f"({k['swap_out_ratio_to_copy_limit']:.2f} x limit), in {k['swap_in_gb_s']:.2f} GB/s "
+        f"({k['swap_in_ratio_to_copy_limit']:.2f} x limit)",
+    ]

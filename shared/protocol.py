@@ -1,0 +1,260 @@
+"""Every message on the bus: typed dataclasses, encoded as compact msgpack arrays.
+
+On the wire a message is `[type name, version, field1, field2, ...]` in field order;
+nested dataclasses are arrays of their fields. Each message class carries a VERSION;
+a receiver refuses a message whose version it does not know, with an error that says so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from typing import ClassVar
+
+import msgpack
+
+
+class ProtocolError(ValueError):
+    """Bytes that are not a message this side understands."""
+
+
+_MESSAGES: dict[str, type] = {}
+
+
+def message(cls):
+    cls = dataclass(frozen=True)(cls)
+    _MESSAGES[cls.__name__] = cls
+    return cls
+
+
+# ---- parts -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sampling:
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    logprobs: bool = False
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    code: int
+    """HTTP status the gateway answers with: 400, 404, 429, 500, 503."""
+    type: str
+    message: str
+
+
+@dataclass(frozen=True)
+class ModelResidency:
+    name: str
+    tier: str
+    """disk, host or device."""
+
+
+@dataclass(frozen=True)
+class ModelLoad:
+    name: str
+    queued: int
+    running: int
+    arrivals: int
+    """Requests accepted since the router started."""
+
+
+@dataclass(frozen=True)
+class WorkerPlacement:
+    worker_id: str
+    models: tuple[str, ...]
+
+
+# ---- messages ----------------------------------------------------------------------
+
+
+@message
+class GenerateRequest:
+    VERSION: ClassVar[int] = 1
+    id: str
+    model: str
+    prompt_token_ids: tuple[int, ...]
+    sampling: Sampling
+    token_subject: str
+    slo_class: str = "default"
+    created_at: float = 0.0
+
+
+@message
+class CancelRequest:
+    VERSION: ClassVar[int] = 1
+    request_id: str
+    reason: str = "client disconnected"
+
+
+@message
+class TokenChunk:
+    """Tokens of one request from index on; the last chunk has a finish_reason or an error."""
+
+    VERSION: ClassVar[int] = 1
+    request_id: str
+    index: int
+    token_ids: tuple[int, ...] = ()
+    logprobs: tuple[float, ...] | None = None
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    error: ErrorInfo | None = None
+    worker_id: str = ""
+
+
+@message
+class AssignRequest:
+    """Router to worker: serve this request; resume_token_ids were already produced elsewhere."""
+
+    VERSION: ClassVar[int] = 1
+    request: GenerateRequest
+    resume_token_ids: tuple[int, ...] = ()
+
+
+@message
+class CancelAssignment:
+    VERSION: ClassVar[int] = 1
+    request_id: str
+
+
+@message
+class PrefetchModel:
+    VERSION: ClassVar[int] = 1
+    model: str
+
+
+@message
+class WorkerState:
+    VERSION: ClassVar[int] = 1
+    worker_id: str
+    ready: bool
+    serving: tuple[str, ...]
+    """Models this worker can load."""
+    models: tuple[ModelResidency, ...]
+    active_model: str | None
+    running: tuple[str, ...]
+    """Request ids the worker holds."""
+    free_kv_pages: int
+    total_kv_pages: int
+    device: str
+    seq: int
+    """Report counter, so a receiver can drop reordered reports."""
+    ts: float
+
+
+@message
+class RouterState:
+    VERSION: ClassVar[int] = 1
+    router_id: str
+    ready: bool
+    workers: tuple[str, ...]
+    """Workers that reported recently."""
+    models: tuple[ModelLoad, ...]
+    pending: int
+    ts: float
+
+
+@message
+class Placement:
+    VERSION: ClassVar[int] = 1
+    epoch: int
+    workers: tuple[WorkerPlacement, ...]
+    ts: float
+
+
+WorkerCommand = AssignRequest | CancelAssignment | PrefetchModel
+
+
+# ---- codec -------------------------------------------------------------------------
+
+
+def encode(msg) -> bytes:
+    cls = type(msg)
+    if _MESSAGES.get(cls.__name__) is not cls:
+        raise ProtocolError(f"{cls.__name__} is not a bus message")
+    return msgpack.packb([cls.__name__, cls.VERSION, *_fields_to_wire(msg)], use_bin_type=True)
+
+
+def decode(data: bytes, *expected: type):
+    """Decodes one message; with `expected`, refuses any other message type."""
+    try:
+        wire = msgpack.unpackb(data, raw=False)
+    except Exception as e:
+        raise ProtocolError(f"not a msgpack message ({e})") from None
+    if not isinstance(wire, list) or len(wire) < 2 or not isinstance(wire[0], str):
+        raise ProtocolError("not a tokenpool message: expected [type, version, fields...]")
+    name, version, values = wire[0], wire[1], wire[2:]
+    cls = _MESSAGES.get(name)
+    if cls is None:
+        raise ProtocolError(f"unknown message type {name!r}")
+    if expected and cls not in expected:
+        wanted = " or ".join(c.__name__ for c in expected)
+        raise ProtocolError(f"expected {wanted}, got {name}")
+    if version != cls.VERSION:
+        raise ProtocolError(f"{name} version {version} is not supported (this side speaks {cls.VERSION})")
+    return _from_wire(cls, values)
+
+
+def _fields_to_wire(obj) -> list:
+    return [_to_wire(getattr(obj, f.name)) for f in dataclasses.fields(obj)]
+
+
+def _to_wire(value):
+    if dataclasses.is_dataclass(value):
+        return _fields_to_wire(value)
+    if isinstance(value, tuple) and value and dataclasses.is_dataclass(value[0]):
+        return [_fields_to_wire(v) for v in value]
+    return value
+
+
+_DECODERS: dict[type, list] = {}
+
+
+def _from_wire(cls, values):
+    decoders = _DECODERS.get(cls) or _DECODERS.setdefault(cls, _build_decoders(cls))
+    if not isinstance(values, list) or len(values) != len(decoders):
+        raise ProtocolError(f"{cls.__name__} needs {len(decoders)} fields, got {_count(values)}")
+    try:
+        return cls(*(d(v) for d, v in zip(decoders, values)))
+    except (TypeError, ValueError) as e:
+        raise ProtocolError(f"malformed {cls.__name__}: {e}") from None
+
+
+def _count(values) -> str:
+    return str(len(values)) if isinstance(values, list) else type(values).__name__
+
+
+def _build_decoders(cls) -> list:
+    hints = typing.get_type_hints(cls)
+    return [_decoder_for(hints[f.name]) for f in dataclasses.fields(cls)]
+
+
+def _decoder_for(tp):
+    args = typing.get_args(tp)
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        inner = [a for a in args if a is not type(None)]
+        decode_inner = _decoder_for(inner[0]) if len(inner) == 1 else (lambda v: v)
+        return lambda v: None if v is None else decode_inner(v)
+    if dataclasses.is_dataclass(tp):
+        return lambda v: _from_wire(tp, v)
+    if typing.get_origin(tp) is tuple:
+        item = _decoder_for(args[0]) if args else (lambda v: v)
+        return lambda v: tuple(item(x) for x in v)
+    return lambda v: v
+

@@ -1,0 +1,40 @@
+"""Every NATS subject, stream and bucket name tokenpool uses, in one place.
+
+    gateway --REQUEST_SUBMIT (JetStream work queue)--> router
+    gateway --REQUEST_CANCEL--> router --worker_commands(id)--> gpu_worker
+    gpu_worker --tokens(request id)--> gateway (and router, which tracks progress)
+    gpu_worker --WORKER_STATE--> router, autoscaler
+    router --ROUTER_STATE--> gateway, autoscaler
+    autoscaler --PLACEMENT_BUCKET (JetStream KV)--> router, gpu_worker
+"""
+
+from __future__ import annotations
+
+PREFIX = "tp"
+
+REQUEST_STREAM = "TP_REQUESTS"
+REQUEST_SUBMIT = f"{PREFIX}.req.submit"
+REQUEST_CANCEL = f"{PREFIX}.req.cancel"
+
+TOKENS_PREFIX = f"{PREFIX}.tokens"
+TOKENS_ALL = f"{TOKENS_PREFIX}.>"
+
+WORKER_STATE = f"{PREFIX}.worker.state"
+ROUTER_STATE = f"{PREFIX}.router.state"
+
+PLACEMENT_BUCKET = "tp_placement"
+PLACEMENT_KEY = "placement"
+
+ROUTER_CONSUMER = "router"
+
+
+def tokens(request_id: str) -> str:
+    return f"{TOKENS_PREFIX}.{request_id}"
+
+
+def request_id_from_tokens_subject(subject: str) -> str:
+    return subject[len(TOKENS_PREFIX) + 1 :]
+
+
+def worker_commands(worker_id: str) -> str:
+    return f"{PREFIX}.worker.{worker_id}.cmd"

@@ -1,0 +1,54 @@
+"""Smoke test of `tokenpool bench engine`: it runs end to end and reports every section.
+
+No timing thresholds here: performance targets live in the benchmark's own output.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+TOKENPOOL = Path(sys.executable).parent / "tokenpool"
+
+
+def test_bench_engine_json_has_every_section_with_positive_numbers(model_store, tmp_path):
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "TOKENPOOL_MODEL_STORE": str(model_store.root)}
+    args = ["bench", "engine", "--json", "--batches", "1", "--tokens", "4", "--repeats", "1", "--model", "demo-llama"]
+    args += ["--out", str(out)]
+    result = subprocess.run([str(TOKENPOOL), *args], env=env, capture_output=True, text=True, timeout=300)
+
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert json.loads(out.read_text()) == report
+    assert report["config"]["model"] == "demo-llama"
+    assert report["machine"]["cores"] >= 1 and report["machine"]["torch"]
+
+    (row,) = report["decode"]["results"]
+    assert row["batch"] == 1
+    assert row["ours_tok_s"] > 0 and row["hf_tok_s"] > 0
+    assert abs(row["ratio"] - row["ours_tok_s"] / row["hf_tok_s"]) < 0.01 * row["ratio"]
+    assert isinstance(row["target_met"], bool)
+    assert isinstance(report["decode"]["target_met"]["batch_1"], bool)
+
+    assert report["copy_limit"]["gb_s"] > 0
+    switch = report["switch"]
+    assert switch["limit_s"] > 0 and switch["weight_bytes"] > 0
+    assert switch["no_prefetch"]["s"] > 0 and switch["no_prefetch"]["ratio_to_limit"] > 0
+    assert switch["prefetch"]["visible_stall_s"] >= 0 and switch["prefetch"]["visible_stall_ratio"] >= 0
+    assert switch["prefetch"]["other_model"] != "demo-llama"
+    kv = report["kv_swap"]
+    assert kv["pages"] >= 16 and kv["bytes"] == kv["pages"] * kv["page_bytes"]
+    assert kv["swap_out_gb_s"] > 0 and kv["swap_in_gb_s"] > 0 and kv["swap_out_ratio_to_copy_limit"] > 0
+
+
+def test_bench_engine_rejects_a_single_token(model_store):
+    env = {**os.environ, "TOKENPOOL_MODEL_STORE": str(model_store.root)}
+    result = subprocess.run(
+        [str(TOKENPOOL), "bench", "engine", "--tokens", "1", "--model", "demo-llama"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )
+
+    assert result.returncode == 2
+    assert "at least 2" in result.stderr and "Traceback" not in result.stderr
