@@ -43,3 +43,38 @@ def log_level(environ: Mapping[str, str] = os.environ) -> int:
     if name not in _LOG_LEVELS:
         raise EnvError(f"{LOG_LEVEL}={environ[LOG_LEVEL]!r}: use one of {', '.join(_LOG_LEVELS)}")
     return logging.getLevelName(name)
+
+
+STATE_DIR = "TOKENPOOL_STATE_DIR"
+"""Where `tokenpool up` keeps each run's folder (JetStream data).
+
+Default: ``${XDG_STATE_HOME:-~/.local/state}/tokenpool``.
+"""
+
+CATALOG = "TOKENPOOL_CATALOG"
+"""The model catalog (TOML) every service reads.
+
+Default: ``deploy/catalog.toml`` in the current directory.
+"""
+
+OTEL = "TOKENPOOL_OTEL"
+"""Trace export: ``off`` (default), ``console``, or an OTLP/HTTP endpoint URL such as
+``http://127.0.0.1:4318/v1/traces``.
+"""
+
+
+def state_dir(environ: Mapping[str, str] = os.environ) -> Path:
+    if value := environ.get(STATE_DIR):
+        return Path(value).expanduser()
+    return Path(environ.get("XDG_STATE_HOME") or "~/.local/state").expanduser() / "tokenpool"
+
+
+def catalog_path(environ: Mapping[str, str] = os.environ) -> Path:
+    return Path(environ.get(CATALOG) or "deploy/catalog.toml").expanduser()
+
+
+def otel_exporter(environ: Mapping[str, str] = os.environ) -> str:
+    value = (environ.get(OTEL) or "off").strip()
+    if value not in ("off", "console") and not value.startswith(("http://", "https://")):
+        raise EnvError(f"{OTEL}={value!r}: use off, console or an http(s):// OTLP endpoint")
+    return value

@@ -1,0 +1,80 @@
+"""``tokenpool up``: the whole stack on this machine, until Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+import urllib.request
+from datetime import datetime
+from pathlib import Path
+
+from shared import env
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("up", help="start nats-server, router, autoscaler, workers and gateway")
+    p.add_argument("--host", default="127.0.0.1", help="gateway address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="gateway port (default 8000)")
+    p.add_argument("--workers", type=int, default=1, help="gpu_worker processes (default 1)")
+    p.add_argument("--config", type=Path, default=None, help="model catalog (default deploy/catalog.toml)")
+    p.add_argument("--nats", default=None, help="use this NATS server instead of starting one")
+    p.add_argument("--run-dir", type=Path, default=None, help="folder for JetStream data and state")
+    p.add_argument("--device", default=None, help="worker device: cpu or cuda")
+    p.set_defaults(handler=up)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _raise_stop(signum, frame):
+    raise _Stop()
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=1) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def up(args: argparse.Namespace) -> int:
+    from services.supervisor import Stack, StackConfig
+
+    run_dir = args.run_dir or env.state_dir() / "runs" / datetime.now().strftime("%Y%m%d-%H%M%S")
+    try:
+        config = StackConfig(
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            catalog=args.config or env.catalog_path(),
+            nats=args.nats,
+            run_dir=run_dir,
+            worker_args=("--device", args.device) if args.device else (),
+        )
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    stack = Stack(config)
+    signal.signal(signal.SIGTERM, _raise_stop)
+    signal.signal(signal.SIGINT, _raise_stop)
+    announced = False
+    try:
+        stack.start()
+        while True:
+            stack.watch_once(time.monotonic())
+            if not announced and _healthy(stack.gateway_url):
+                announced = True
+                print(json.dumps({"status": "serving", "url": stack.gateway_url, "nats": stack.nats_url}), flush=True)
+            time.sleep(0.5)
+    except _Stop:
+        pass
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stack.stop()
+    return 0
