@@ -24,7 +24,7 @@ test: venv models
 	$(PYTHON) -m pytest -q tests
 
 run: venv models
-	$(TOKENPOOL) generate --model smollm2-135m-instruct --chat --prompt "What is the capital of France?" --json
+	$(TOKENPOOL) up
 
 bench: venv models
 	$(TOKENPOOL) bench engine --json
