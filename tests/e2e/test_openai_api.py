@@ -1,0 +1,100 @@
+"""The official openai client against the real stack: chat and completions, streamed or not."""
+
+import asyncio
+import json
+import subprocess
+import sys
+
+import pytest
+
+from shared.tokenizer import Tokenizer
+
+SMOL, LLAMA, QWEN = "smollm2-135m-instruct", "demo-llama", "demo-qwen2"
+
+
+@pytest.fixture(scope="module")
+def tok(model_store):
+    return Tokenizer(model_store.path(SMOL))  # the demo models share SmolLM2's tokenizer
+
+
+def test_chat_on_two_models_matches_the_engine_alone(client, tok, greedy_reference):
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    for model in (SMOL, QWEN):
+        resp = client.chat.completions.create(model=model, messages=messages, max_tokens=24, temperature=0)
+        expected = greedy_reference(model, tuple(tok.encode_chat(messages)), 24)
+        assert resp.choices[0].message.content == tok.decode(expected)
+        assert resp.choices[0].message.role == "assistant"
+        assert resp.usage.prompt_tokens == len(tok.encode_chat(messages))
+        assert resp.usage.completion_tokens == len(expected)
+        assert resp.choices[0].finish_reason == ("stop" if len(expected) < 24 else "length")
+
+
+def test_streamed_chat_equals_non_streamed(client):
+    messages = [{"role": "user", "content": "Name three colours."}]
+    plain = client.chat.completions.create(model=SMOL, messages=messages, max_tokens=20, temperature=0)
+    stream = client.chat.completions.create(
+        model=SMOL, messages=messages, max_tokens=20, temperature=0, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == plain.choices[0].message.content
+    assert chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == [
+        plain.choices[0].finish_reason
+    ]
+
+
+def test_completions_streamed_and_not_on_two_models(client, tok, greedy_reference):
+    prompt = "The capital of France is"
+    for model in (SMOL, LLAMA):
+        expected = tok.decode(greedy_reference(model, tuple(tok.encode(prompt)), 16))
+        plain = client.completions.create(model=model, prompt=prompt, max_tokens=16, temperature=0)
+        assert plain.choices[0].text == expected
+        streamed = "".join(c.choices[0].text for c in client.completions.create(
+            model=model, prompt=prompt, max_tokens=16, temperature=0, stream=True) if c.choices)
+        assert streamed == expected
+
+
+def test_greedy_text_equals_tokenpool_generate(client):
+    prompt = "Write one sentence about the sea."
+    cmd = [sys.executable, "-m", "services.cli", "generate", "--model", SMOL, "--chat", "--prompt", prompt,
+           "--max-tokens", "20", "--json"]
+    generated = json.loads(subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=True).stdout)
+    resp = client.chat.completions.create(
+        model=SMOL, messages=[{"role": "user", "content": prompt}], max_tokens=20, temperature=0
+    )
+    assert resp.choices[0].message.content == generated["text"]
+
+
+def test_twenty_concurrent_streams_over_three_models_all_complete_in_order(stack, tok, greedy_reference):
+    from openai import AsyncOpenAI
+
+    prompts = [f"Item {i}: the quick brown fox" for i in range(20)]
+    models = [(SMOL, LLAMA, QWEN)[i % 3] for i in range(20)]
+
+    async def one(client, model, prompt):
+        stream = await client.completions.create(model=model, prompt=prompt, max_tokens=12, temperature=0, stream=True)
+        parts, reasons = [], []
+        async for chunk in stream:
+            if chunk.choices:
+                parts.append(chunk.choices[0].text)
+                reasons.append(chunk.choices[0].finish_reason)
+        return "".join(parts), [r for r in reasons if r]
+
+    async def main():
+        client = AsyncOpenAI(base_url=stack.base_url + "/v1", api_key="unused", max_retries=0, timeout=300)
+        try:
+            return await asyncio.gather(*(one(client, m, p) for m, p in zip(models, prompts)))
+        finally:
+            await client.close()
+
+    results = asyncio.run(main())
+    for model, prompt, (text, reasons) in zip(models, prompts, results):
+        assert text == tok.decode(greedy_reference(model, tuple(tok.encode(prompt)), 12)), (model, prompt)
+        assert len(reasons) == 1
+
+
+def test_models_and_health(client, stack):
+    assert {m.id for m in client.models.list().data} == {SMOL, LLAMA, QWEN}
+    status, body = stack.health()
+    assert status == 200 and body["status"] == "ok"

@@ -1,0 +1,50 @@
+"""`tokenpool up` starts the whole stack with an embedded nats-server and stops it without orphans."""
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import openai
+
+from shared.nats_server import free_port
+
+from .conftest import write_catalog
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def test_up_serves_then_sigterm_stops_every_child(tmp_path, model_store):
+    catalog = write_catalog(tmp_path / "up-catalog.toml", model_store.root, models=("demo-llama", "demo-qwen2"))
+    port = free_port()
+    cmd = [sys.executable, "-m", "services.cli", "up", "--port", str(port), "--workers", "1",
+           "--config", str(catalog), "--run-dir", str(tmp_path / "run")]
+    up = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=os.environ | {"PYTHONUNBUFFERED": "1"})
+    try:
+        ready, _, _ = select.select([up.stdout], [], [], 180)
+        assert ready, "tokenpool up did not report serving within 180 s"
+        line = up.stdout.readline()
+        assert json.loads(line) == {"status": "serving", "url": f"http://127.0.0.1:{port}", "nats": json.loads(line)["nats"]}
+        assert len(_processes_mentioning(str(catalog))) >= 4  # router, autoscaler, worker, gateway
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=120)
+        resp = client.completions.create(model="demo-llama", prompt="Hello", max_tokens=5, temperature=0)
+        assert resp.usage.completion_tokens == 5
+        assert (tmp_path / "run" / "nats" / "jetstream").is_dir()
+    finally:
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(60) == 0
+    assert _processes_mentioning(str(catalog)) == []
+    assert _processes_mentioning(str(tmp_path / "run" / "nats")) == []
