@@ -45,6 +45,30 @@ def log_level(environ: Mapping[str, str] = os.environ) -> int:
     return logging.getLevelName(name)
 
 
+GATEWAY_HOST = "TOKENPOOL_GATEWAY_HOST"
+"""Address the gateway's HTTP server listens on.
+
+Default: ``127.0.0.1``.
+"""
+
+GATEWAY_PORT = "TOKENPOOL_GATEWAY_PORT"
+"""TCP port of the gateway's HTTP server.
+
+Default: ``8000``.
+"""
+
+
+def gateway_host(environ: Mapping[str, str] = os.environ) -> str:
+    return environ.get(GATEWAY_HOST) or "127.0.0.1"
+
+
+def gateway_port(environ: Mapping[str, str] = os.environ) -> int:
+    value = environ.get(GATEWAY_PORT) or "8000"
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise EnvError(f"{GATEWAY_PORT}={value!r}: use a TCP port number between 1 and 65535")
+    return int(value)
+
+
 STATE_DIR = "TOKENPOOL_STATE_DIR"
 """Where `tokenpool up` keeps each run's folder (JetStream data).
 
@@ -78,3 +102,34 @@ def otel_exporter(environ: Mapping[str, str] = os.environ) -> str:
     if value not in ("off", "console") and not value.startswith(("http://", "https://")):
         raise EnvError(f"{OTEL}={value!r}: use off, console or an http(s):// OTLP endpoint")
     return value
+
+
+NATS_URL = "TOKENPOOL_NATS_URL"
+"""NATS server URL(s) every service connects to, comma-separated.
+
+Default: ``nats://127.0.0.1:4222``.
+"""
+
+WORKER_ID = "TOKENPOOL_WORKER_ID"
+"""A gpu_worker's id on the bus (letters, digits, - and _).
+
+Default: ``worker-<hostname>-<pid>``.
+"""
+
+DEVICE = "TOKENPOOL_DEVICE"
+"""The gpu_worker's torch device: ``cpu``, ``cuda`` or ``cuda:N``.
+
+Default: ``cpu``.
+"""
+
+
+def nats_url(environ: Mapping[str, str] = os.environ) -> str:
+    return environ.get(NATS_URL) or "nats://127.0.0.1:4222"
+
+
+def worker_id(environ: Mapping[str, str] = os.environ) -> str | None:
+    return environ.get(WORKER_ID) or None
+
+
+def device(environ: Mapping[str, str] = os.environ) -> str:
+    return environ.get(DEVICE) or "cpu"

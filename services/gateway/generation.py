@@ -1,0 +1,130 @@
+"""Serving one generation request: submit it, read its tokens, answer with JSON or SSE."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from services.gateway.core import GatewayCore
+from services.gateway.errors import ApiError
+from services.gateway.models import ServedModel, find_model
+from services.gateway.openai_schema import GenerationSpec, resolve_max_tokens
+from services.gateway.responses import DONE, ResponseHead, new_request_id, sse
+from services.gateway.stream import TextStream, Update
+from services.gateway.upstream import TokenFeed, error_from_info
+from shared import subjects
+from shared.protocol import GenerateRequest, Sampling
+
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+async def serve_generation(request: web.Request, core: GatewayCore, spec: GenerationSpec) -> web.StreamResponse:
+    started = core.clock()
+    model = find_model(core.models, spec.model)
+    prompt = model.prompt_ids(spec)
+    max_tokens = resolve_max_tokens(spec, len(prompt), model.context_window)
+    health = core.watch.check(started)
+    if not health.ok:
+        raise health.problem
+    head = ResponseHead(new_request_id(spec.endpoint), spec.endpoint, int(time.time()), spec.model)
+    sampling = Sampling(
+        max_tokens=max_tokens,
+        temperature=spec.temperature,
+        top_p=spec.top_p,
+        top_k=spec.top_k,
+        seed=spec.seed,
+        stop=spec.stop,
+        ignore_eos=spec.ignore_eos,
+        logprobs=spec.logprobs,
+    )
+    generate = GenerateRequest(
+        head.id, model.name, prompt, sampling, subjects.tokens(head.id), model.entry.slo_class, time.time()
+    )
+    text = TextStream(model.tokenizer, spec.stop, prompt)
+    async with core.upstream.generate(generate) as feed:
+        updates = _updates(core, model, feed, text, started)
+        if spec.stream:
+            return await _stream(request, core, spec, head, model, updates)
+        return await _collect(spec, head, model, updates)
+
+
+async def _updates(
+    core: GatewayCore, model: ServedModel, feed: TokenFeed, text: TextStream, started: float
+) -> AsyncIterator[Update]:
+    last = None
+    while True:
+        update = text.push(await feed.next_chunk())
+        if update.token_ids:
+            now = core.clock()
+            if last is None:
+                core.metrics.ttft.observe(now - started, model=model.name)
+            else:
+                core.metrics.token_latency.observe((now - last) / len(update.token_ids), model=model.name)
+            last = now
+            core.metrics.tokens_out.inc(len(update.token_ids), model=model.name)
+        if update.stopped_early:
+            feed.cancel_reason = "stop string reached"
+        elif update.finished:
+            feed.finished = True
+        if not (update.token_ids or update.finished):
+            continue  # a chunk that arrived ahead of its turn: nothing to show yet
+        yield update
+        if update.finished:
+            return
+
+
+async def _collect(spec: GenerationSpec, head: ResponseHead, model: ServedModel, updates) -> web.Response:
+    parts, token_ids, logprobs = [], [], []
+    async for update in updates:
+        if update.error is not None:
+            raise error_from_info(update.error)
+        parts.append(update.text)
+        token_ids += update.token_ids
+        logprobs += update.logprobs
+        last = update
+    chosen = head.logprobs(token_ids, logprobs, model.token_text) if spec.logprobs else None
+    return web.json_response(head.response("".join(parts), last.finish_reason, last.usage, chosen))
+
+
+async def _stream(
+    request: web.Request, core: GatewayCore, spec: GenerationSpec, head: ResponseHead, model: ServedModel, updates
+) -> web.StreamResponse:
+    response = None
+    sent_chars = 0
+    try:
+        async for update in updates:
+            if update.error is not None:
+                raise error_from_info(update.error)
+            if response is None:  # headers wait for the first token, so an early error keeps its status
+                response = web.StreamResponse(headers=SSE_HEADERS)
+                await response.prepare(request)
+                if (opener := head.first_chunk()) is not None:
+                    await response.write(sse(opener))
+            chosen = None
+            if spec.logprobs and update.token_ids:
+                chosen = head.logprobs(update.token_ids, update.logprobs, model.token_text, sent_chars)
+            if update.text or chosen:
+                await response.write(sse(head.delta_chunk(update.text, None, chosen)))
+                sent_chars += len(update.text)
+            if update.finish_reason is not None:
+                await response.write(sse(head.delta_chunk("", update.finish_reason, None)))
+                if spec.include_usage:
+                    await response.write(sse(head.usage_chunk(update.usage)))
+        await response.write(DONE)
+    except ApiError as e:
+        if response is None:
+            raise
+        core.metrics.errors.inc(status=str(e.status), code=e.code or e.type)
+        await _write_quietly(response, sse(e.body()) + DONE)  # mid-stream: the status line is long gone
+    except ConnectionResetError:
+        pass  # the client left; leaving the `async with` unfinished cancels the request upstream
+    return response
+
+
+async def _write_quietly(response: web.StreamResponse, data: bytes) -> None:
+    try:
+        await response.write(data)
+    except ConnectionResetError:
+        pass

@@ -1,0 +1,80 @@
+"""The catalog models this gateway serves: tokenizer, chat template and context window of each."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import jinja2
+
+from services.gateway.errors import api_error, invalid
+from services.gateway.openai_schema import GenerationSpec
+from shared.catalog import Catalog, ModelEntry
+from shared.tokenizer import Tokenizer, TokenizerError
+
+
+class ModelSetupError(RuntimeError):
+    """A catalog model the gateway cannot serve (missing or broken files)."""
+
+
+@dataclass
+class ServedModel:
+    entry: ModelEntry
+    tokenizer: Tokenizer
+    context_window: int
+    """The model's max_position_embeddings, capped by the catalog's context_length."""
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+    def prompt_ids(self, spec: GenerationSpec) -> tuple[int, ...]:
+        if spec.messages is not None:
+            try:
+                return tuple(self.tokenizer.encode_chat(list(spec.messages)))
+            except (TokenizerError, jinja2.TemplateError) as e:
+                raise invalid(f"model {self.name!r} cannot render these messages: {e}", "messages") from None
+        if isinstance(spec.prompt, str):
+            return tuple(self.tokenizer.encode(spec.prompt))
+        vocab = self.tokenizer.vocab_size
+        outside = [t for t in spec.prompt if t >= vocab]
+        if outside:
+            raise invalid(f"'prompt' token ids {outside[:5]} are outside the vocabulary [0, {vocab})", "prompt")
+        return spec.prompt
+
+    def token_text(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id], skip_special_tokens=False)
+
+
+def load_models(catalog: Catalog) -> dict[str, ServedModel]:
+    return {entry.name: _load(entry) for entry in catalog.models}
+
+
+def _load(entry: ModelEntry) -> ServedModel:
+    config_path = entry.path / "config.json"
+    try:
+        config = json.loads(config_path.read_text())
+        tokenizer = Tokenizer(entry.path)
+    except (OSError, ValueError, TokenizerError) as e:
+        raise ModelSetupError(
+            f"model {entry.name!r}: cannot read its config and tokenizer in {entry.path} ({e}); "
+            "run `tokenpool models prepare` or fix the catalog path"
+        ) from None
+    window = config.get("max_position_embeddings")
+    if not isinstance(window, int) or window < 2:
+        window = entry.context_length
+    if window is None:
+        raise ModelSetupError(
+            f"model {entry.name!r}: {config_path} has no max_position_embeddings; set context_length in the catalog"
+        )
+    if entry.context_length is not None:
+        window = min(window, entry.context_length)
+    return ServedModel(entry, tokenizer, window)
+
+
+def find_model(models: dict[str, ServedModel], name: str) -> ServedModel:
+    model = models.get(name)
+    if model is None:
+        served = ", ".join(sorted(models))
+        raise api_error(404, f"the model {name!r} does not exist; this server serves: {served}", "model", "model_not_found")
+    return model

@@ -1,0 +1,67 @@
+"""What asyncio and the engine thread hand each other: commands in, outboxes out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.gpu_worker.engine.engine import EngineStats
+from shared.protocol import AssignRequest, ErrorInfo, TokenChunk
+
+
+# ---- commands (asyncio -> thread) ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Assign:
+    msg: AssignRequest
+
+
+@dataclass(frozen=True)
+class Cancel:
+    request_id: str
+
+
+@dataclass(frozen=True)
+class Prefetch:
+    model: str
+
+
+@dataclass(frozen=True)
+class Place:
+    """The models the autoscaler placed on this worker: they stay in host memory."""
+
+    models: frozenset[str]
+
+
+@dataclass(frozen=True)
+class FailAll:
+    error: ErrorInfo
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Ends the loop; requests still held fail with 503 so that the router can move them."""
+
+
+Command = Assign | Cancel | Prefetch | Place | FailAll | Stop
+
+
+# ---- results (thread -> asyncio) ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    ready: bool
+    stats: EngineStats
+    running: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Outbox:
+    chunks: tuple[tuple[str, TokenChunk], ...] = ()
+    """(subject, chunk) in publishing order."""
+    snapshot: Snapshot | None = None
+    changed: bool = False
+    """A request arrived or ended, or the active model or a model's tier changed."""
+    fatal: str | None = None
+    """Set when the thread cannot go on (the engine could not be built or preloaded)."""

@@ -1,0 +1,37 @@
+"""WorkerState from the engine thread's latest snapshot: plain data in, the message out."""
+
+from __future__ import annotations
+
+from services.gpu_worker.engine.residency import Tier
+from services.gpu_worker.commands import Snapshot
+from shared.protocol import ModelResidency, WorkerState
+
+
+def worker_state(
+    worker_id: str,
+    serving: list[str],
+    device: str,
+    snapshot: Snapshot | None,
+    accepting: bool,
+    seq: int,
+    now: float,
+) -> WorkerState:
+    """`accepting` is False while the worker drains; it is then never ready, whatever the engine says."""
+    if snapshot is None:  # the engine thread has not built the engine yet
+        models = tuple(ModelResidency(m, Tier.DISK.value) for m in serving)
+        return WorkerState(worker_id, False, tuple(serving), models, None, (), 0, 0, device, seq, now)
+    stats = snapshot.stats
+    models = tuple(ModelResidency(m, stats.models.get(m, Tier.DISK.value)) for m in serving)
+    return WorkerState(
+        worker_id=worker_id,
+        ready=snapshot.ready and accepting,
+        serving=tuple(serving),
+        models=models,
+        active_model=stats.active,
+        running=snapshot.running,
+        free_kv_pages=stats.free_pages,
+        total_kv_pages=stats.total_pages,
+        device=device,
+        seq=seq,
+        ts=now,
+    )

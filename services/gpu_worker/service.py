@@ -1,0 +1,236 @@
+"""The gpu_worker service: NATS on one side, the engine thread on the other.
+
+    async with GpuWorker(config) as worker:
+        await worker.run()        # until SIGTERM/SIGINT or worker.stop()
+
+Commands on worker_commands(id) go to the engine thread; its TokenChunks are published
+in order by one task; WorkerState goes out every report_interval_s and on every change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+
+from services.gpu_worker import commands as cmd
+from services.gpu_worker.engine_thread import EngineThread
+from services.gpu_worker.assignments import SHUTTING_DOWN, assignment, error_chunk
+from services.gpu_worker.config import WorkerConfig, plan_engine, served_models
+from services.gpu_worker.engine.engine import Engine
+from services.gpu_worker.gpu_metrics import read_gpu_metrics
+from services.gpu_worker.reporter import worker_state
+from shared import bus, subjects
+from shared.catalog import Catalog, load_catalog
+from shared.model_store import ModelStore
+from shared.protocol import (
+    AssignRequest,
+    CancelAssignment,
+    Placement,
+    PrefetchModel,
+    ProtocolError,
+    decode,
+    encode,
+)
+
+log = logging.getLogger("tokenpool.gpu_worker")
+
+
+class WorkerError(RuntimeError):
+    """The worker cannot serve (its engine failed to start or its loop broke)."""
+
+
+class GpuWorker:
+    def __init__(self, config: WorkerConfig, catalog: Catalog | None = None):
+        self.config = config
+        self.catalog = catalog or load_catalog(config.catalog, ModelStore.from_env().root)
+        self.models = served_models(config, self.catalog)
+        gpu = read_gpu_metrics(config.device)
+        log.info("GPU: %s", f"{gpu.name}, {gpu.memory_free >> 20} MiB free" if gpu.available else gpu.reason)
+        self.plan = plan_engine(config, self.catalog, gpu.memory_free if gpu.available else None)
+        self.snapshot: cmd.Snapshot | None = None
+        self.accepting = True
+        self._seq = 0
+        self._stop = asyncio.Event()
+        self._fatal: str | None = None
+        self._outboxes: asyncio.Queue[cmd.Outbox | None] = asyncio.Queue()
+        self._changed = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._thread: EngineThread | None = None
+        self.nc = None
+        self._sub = None
+
+    # ---- lifecycle ------------------------------------------------------------------
+
+    async def __aenter__(self) -> GpuWorker:
+        c = self.config
+        loop = asyncio.get_running_loop()
+        self.nc = await bus.connect(c.nats, name=f"gpu_worker {c.worker_id}")
+        plan = self.plan
+        self._thread = EngineThread(
+            lambda: Engine(plan.engine, plan.paths),
+            self.models,
+            plan.context_lengths,
+            c.worker_id,
+            c.min_turn_steps,
+            lambda outbox: loop.call_soon_threadsafe(self._outboxes.put_nowait, outbox),
+        )
+        self._thread.start()
+        for coro in (self._publish_outboxes(), self._report_periodically(), self._watch_placement()):
+            self._tasks.append(asyncio.create_task(coro))
+        for task in self._tasks:
+            task.add_done_callback(self._task_done)
+        try:
+            self._sub = await self.nc.subscribe(subjects.worker_commands(c.worker_id), cb=self._on_command)
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
+        log.info("worker %s serving %s on %s", c.worker_id, ", ".join(self.models), c.device)
+        return self
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop)
+        try:
+            await self._stop.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        if self._fatal:
+            raise WorkerError(self._fatal)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def __aexit__(self, *exc) -> None:
+        await self._drain()
+        self._thread.submit(cmd.Stop())
+        if not await asyncio.to_thread(self._thread.join, 30.0):
+            log.error("the engine thread did not stop within 30 s (stuck in a step?)")
+        await self._outboxes.put(None)  # the publisher ends after what the thread handed over
+        await asyncio.gather(self._tasks[0], return_exceptions=True)
+        for task in self._tasks[1:]:
+            task.cancel()
+        await asyncio.gather(*self._tasks[1:], return_exceptions=True)
+        await self._publish_state()
+        await self.nc.drain()
+
+    async def _drain(self) -> None:
+        """Stops taking work; lets running requests finish for drain_timeout_s, then fails the rest."""
+        self.accepting = False
+        await self._publish_state()
+        deadline = time.monotonic() + self.config.drain_timeout_s
+        while self.snapshot is not None and self.snapshot.running and time.monotonic() < deadline and not self._fatal:
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), max(deadline - time.monotonic(), 0.01))
+            except TimeoutError:
+                break
+        if self.snapshot is not None and self.snapshot.running:
+            log.warning("failing %d unfinished requests: worker shutting down", len(self.snapshot.running))
+            self._thread.submit(cmd.FailAll(SHUTTING_DOWN))
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("worker task %s failed", task.get_coro().__name__, exc_info=task.exception())
+            self._fatal = self._fatal or f"worker task failed: {task.exception()}"
+            self.stop()
+
+    # ---- commands -------------------------------------------------------------------
+
+    async def _on_command(self, msg) -> None:
+        try:
+            command = decode(msg.data, AssignRequest, CancelAssignment, PrefetchModel)
+        except ProtocolError as e:
+            log.warning("dropping a command on %s: %s", msg.subject, e)
+            return
+        if isinstance(command, AssignRequest):
+            if not self.accepting:
+                chunk = error_chunk(assignment(command), SHUTTING_DOWN, self.config.worker_id)
+                await self.nc.publish(command.request.token_subject, encode(chunk))
+                return
+            self._thread.submit(cmd.Assign(command))
+        elif isinstance(command, CancelAssignment):
+            self._thread.submit(cmd.Cancel(command.request_id))
+        else:
+            self._thread.submit(cmd.Prefetch(command.model))
+
+    async def _watch_placement(self) -> None:
+        """Follows the autoscaler's placement; without JetStream the worker serves without one."""
+        backoff = 1.0
+        while True:
+            watcher = None
+            try:
+                kv = await bus.placement_bucket(self.nc)
+                watcher = await kv.watch(subjects.PLACEMENT_KEY)
+                backoff = 1.0
+                async for entry in watcher:
+                    if entry is not None and entry.operation is None:
+                        self._on_placement(entry.value)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("placement watch failed (%s); retrying in %.0f s", e, backoff)
+            finally:
+                if watcher is not None:
+                    await asyncio.shield(_stop_watcher(watcher))
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
+
+    def _on_placement(self, data: bytes) -> None:
+        try:
+            placement = decode(data, Placement)
+        except ProtocolError as e:
+            log.warning("ignoring placement: %s", e)
+            return
+        for wp in placement.workers:
+            if wp.worker_id == self.config.worker_id:
+                log.info("placement epoch %d: keep %s in host memory", placement.epoch, ", ".join(wp.models) or "nothing")
+                self._thread.submit(cmd.Place(frozenset(wp.models)))
+
+    # ---- tokens and state -----------------------------------------------------------
+
+    async def _publish_outboxes(self) -> None:
+        state_due = False
+        while (outbox := await self._outboxes.get()) is not None:
+            for subject, chunk in outbox.chunks:
+                try:
+                    await self.nc.publish(subject, encode(chunk))
+                except Exception as e:  # a full reconnect buffer must not stop the other requests
+                    log.error("could not publish a token of %s: %s", chunk.request_id, e)
+            if outbox.snapshot is not None:
+                self.snapshot = outbox.snapshot
+            if outbox.fatal:
+                self._fatal = outbox.fatal
+                self.stop()
+            if outbox.changed or outbox.fatal:
+                self._changed.set()
+                state_due = True
+            # One report for a burst of changes that queued up while tokens were being sent.
+            if state_due and self._outboxes.empty():
+                await self._publish_state()
+                state_due = False
+
+    async def _report_periodically(self) -> None:
+        while True:
+            await self._publish_state()
+            await asyncio.sleep(self.config.report_interval_s)
+
+    async def _publish_state(self) -> None:
+        self._seq += 1
+        state = worker_state(
+            self.config.worker_id, self.models, self.config.device, self.snapshot, self.accepting, self._seq, time.time()
+        )
+        try:
+            await self.nc.publish(subjects.WORKER_STATE, encode(state))
+        except Exception as e:
+            log.warning("could not publish WorkerState: %s", e)
+
+
+async def _stop_watcher(watcher) -> None:
+    try:
+        await watcher.stop()
+    except Exception as e:
+        log.debug("placement watcher stop: %s", e)
