@@ -60,10 +60,15 @@ def _batches(text: str) -> tuple[int, ...]:
 
 
 def bench_engine(args: argparse.Namespace) -> int:
+    import importlib.util
+
     import torch
 
     from services.gpu_worker.engine import bench
 
+    if importlib.util.find_spec("transformers") is None:
+        print("error: the Hugging Face baseline needs transformers: pip install -e '.[prepare]'", file=sys.stderr)
+        return 2
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda, but torch sees no CUDA device", file=sys.stderr)
         return 2

@@ -147,14 +147,16 @@ class HFDecoder:
         self.device = device
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation="sdpa")
         self.model.to(device).eval()
+        # No EOS, like our ignore_eos: with one, min_new_tokens would mask the EOS logit and greedy
+        # decoding would pick another token than ours whenever EOS is the argmax. generate() fills
+        # unset fields from the model's generation config, so the EOS is removed there.
+        self.model.generation_config.eos_token_id = None
         tokenizer = AutoTokenizer.from_pretrained(path)
         tokenizer.padding_side = "left"
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         self.tokenizer = tokenizer
         self._generation_config = GenerationConfig
-        eos = self.model.generation_config.eos_token_id
-        self.eos_token_id = eos if eos is not None else self.model.config.eos_token_id
 
         class Clock(BaseStreamer):
             """generate() calls put() once with the prompt, then once per step with the new tokens."""
@@ -181,7 +183,6 @@ class HFDecoder:
             do_sample=False,
             num_beams=1,
             pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self.eos_token_id,
         )
 
     @torch.inference_mode()
@@ -193,7 +194,8 @@ class HFDecoder:
         finished = time.perf_counter()
         # stamps[0]: the prompt, before prefill; stamps[1]: every first token; stamps[-1]: every last token
         stamps = clock.stamps
-        assert len(stamps) == new_tokens + 1, f"streamer saw {len(stamps) - 1} steps, expected {new_tokens}"
+        if len(stamps) != new_tokens + 1:
+            raise RuntimeError(f"generate() streamed {len(stamps) - 1} steps, expected {new_tokens}")
         width = inputs["input_ids"].shape[1]
         return DecodeRun(
             tok_s=len(prompts) * (new_tokens - 1) / (stamps[-1] - stamps[1]),

@@ -57,13 +57,33 @@ def copy_limit(device: torch.device, nbytes: int, repeats: int) -> dict:
         sync(device)
         runs.append(numel * 4 / (time.perf_counter() - started) / 1e9)
     del src, dst
+    if device.type == "cuda":
+        method = "pinned host -> device copy_"
+    else:
+        method = "host memcpy (copy_ between float32 buffers)"
     return {
-        "method": "pinned host -> device copy_" if device.type == "cuda" else "host memcpy (copy_ between float32 buffers)",
+        "method": method,
         "bytes": numel * 4,
         "gb_s": median(runs),
         "best_gb_s": max(runs),
         "runs_gb_s": runs,
     }
+
+
+def read_limit(device: torch.device, nbytes: int, repeats: int) -> dict:
+    """GB/s of reading nbytes once (a sum over a buffer): a decode step reads every weight at least once."""
+    buffer = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
+    buffer.sum()
+    sync(device)
+    runs = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        buffer.sum()
+        sync(device)
+        runs.append(buffer.numel() * 4 / (time.perf_counter() - started) / 1e9)
+    del buffer
+    method = "sum() over a float32 buffer of the model's weight bytes"
+    return {"method": method, "gb_s": median(runs), "runs_gb_s": runs}
 
 
 class _BusyBatch:
