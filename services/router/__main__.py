@@ -1,0 +1,119 @@
+"""Run the router.
+
+Usage:
+    python -m services.router [--nats URL[,URL...]] [--catalog PATH] [--router-id ID]
+        [--worker-timeout S] [--no-worker-grace S] [--max-queue-per-model N]
+        [--max-running-per-worker N] [--ack-wait S] [--in-progress-interval S]
+        [--log-level LEVEL]
+
+--nats defaults to $TOKENPOOL_NATS_URL (nats://127.0.0.1:4222), --catalog to
+$TOKENPOOL_CATALOG (deploy/catalog.toml). Stops cleanly on SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import nats.errors
+
+from services.router.config import PolicyConfig, RouterConfig, ScoreWeights
+from services.router.service import RouterService
+from shared import env
+from shared.catalog import Catalog, CatalogError, load_catalog
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d, p = RouterConfig(nats="-", catalog=Path()), PolicyConfig()
+    parser = argparse.ArgumentParser(prog="python -m services.router", description="tokenpool router")
+    parser.add_argument("--nats", default=env.nats_url(), help="NATS URL(s), comma-separated")
+    parser.add_argument("--catalog", type=Path, default=env.catalog_path(), help="model catalog TOML")
+    parser.add_argument("--router-id", default=d.router_id)
+    parser.add_argument("--consumer", default=d.consumer, help="durable JetStream consumer name")
+    parser.add_argument("--ack-wait", type=float, default=d.ack_wait_s, help="seconds before JetStream redelivers")
+    parser.add_argument(
+        "--in-progress-interval", type=float, default=d.in_progress_interval_s, help="capped at a third of --ack-wait"
+    )
+    parser.add_argument("--max-ack-pending", type=int, default=d.max_ack_pending)
+    parser.add_argument("--startup-wait", type=float, default=d.startup_wait_s)
+    parser.add_argument("--worker-timeout", type=float, default=p.worker_timeout_s)
+    parser.add_argument("--no-worker-grace", type=float, default=p.no_worker_grace_s)
+    parser.add_argument("--max-queue-per-model", type=int, default=p.max_queue_per_model)
+    parser.add_argument("--max-running-per-worker", type=int, default=p.max_running_per_worker)
+    parser.add_argument("--weight-warmth", type=float, default=p.weights.warmth)
+    parser.add_argument("--weight-load", type=float, default=p.weights.load)
+    parser.add_argument("--weight-kv", type=float, default=p.weights.kv_headroom)
+    parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR (default $TOKENPOOL_LOG_LEVEL)")
+    return parser
+
+
+def build_config(args: argparse.Namespace) -> RouterConfig:
+    policy = PolicyConfig(
+        worker_timeout_s=args.worker_timeout,
+        no_worker_grace_s=args.no_worker_grace,
+        max_queue_per_model=args.max_queue_per_model,
+        max_running_per_worker=args.max_running_per_worker,
+        weights=ScoreWeights(warmth=args.weight_warmth, load=args.weight_load, kv_headroom=args.weight_kv),
+    )
+    return RouterConfig(
+        nats=args.nats,
+        catalog=args.catalog,
+        router_id=args.router_id,
+        consumer=args.consumer,
+        ack_wait_s=args.ack_wait,
+        in_progress_interval_s=min(args.in_progress_interval, args.ack_wait / 3),
+        max_ack_pending=args.max_ack_pending,
+        startup_wait_s=args.startup_wait,
+        policy=policy,
+    )
+
+
+async def serve(config: RouterConfig, catalog: Catalog) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with RouterService(config, catalog):
+        await stop.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        logging.basicConfig(level=log_level(args.log_level), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        config = build_config(args)
+        catalog = load_catalog(config.catalog, env.model_store())
+    except (ValueError, CatalogError, env.EnvError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        run(serve(config, catalog))
+    except (OSError, nats.errors.NoServersError) as e:
+        print(f"error: cannot reach NATS at {config.nats}: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def log_level(flag: str | None) -> int:
+    if flag is None:
+        return env.log_level()
+    if flag.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError(f"--log-level {flag!r}: use DEBUG, INFO, WARNING or ERROR")
+    return logging.getLevelName(flag.upper())
+
+
+def run(coro) -> None:
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coro)
+    else:
+        uvloop.run(coro)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

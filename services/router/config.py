@@ -1,0 +1,107 @@
+"""The router's settings: the policy's knobs (pure) and the service's I/O settings."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shared import subjects
+
+_ID = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+@dataclass(frozen=True)
+class ScoreWeights:
+    """How much each scorer counts when picking a worker; the highest weighted sum wins."""
+
+    warmth: float = 1.0
+    """Model already active (1.0), resident on the device (0.8), in host memory (0.5), cold (0)."""
+    load: float = 0.5
+    """Free request slots: 1 - running / max_running_per_worker."""
+    kv_headroom: float = 0.1
+    """Free KV pages / total KV pages as the worker last reported."""
+
+    def __post_init__(self):
+        for name in ("warmth", "load", "kv_headroom"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"score weight {name} must be >= 0 (0 switches the scorer off)")
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    worker_timeout_s: float = 2.0
+    """A worker whose last report is older than this is dead; its requests move elsewhere."""
+    no_worker_grace_s: float = 5.0
+    """How long a request waits for a worker serving its model to appear before it gets 503."""
+    max_queue_per_model: int = 256
+    """Queued (unassigned) requests per model before new ones get 429."""
+    max_running_per_worker: int = 16
+    """Requests the router assigns to one worker at once; the rest wait in their model's queue."""
+    lost_after_reports: int = 4
+    """Consecutive worker reports that omit a request assigned to it before it counts as lost
+    (e.g. the worker restarted) and is assigned again."""
+    finished_memory: int = 10_000
+    """Finished request ids remembered, so a redelivered copy is acked instead of run twice."""
+    weights: ScoreWeights = field(default_factory=ScoreWeights)
+
+    def __post_init__(self):
+        if self.worker_timeout_s <= 0:
+            raise ValueError("worker_timeout_s must be > 0 (workers report every 0.5 s; 2.0 is a good value)")
+        if self.no_worker_grace_s < 0:
+            raise ValueError("no_worker_grace_s must be >= 0 (0 answers 503 as soon as no worker serves a model)")
+        if self.max_queue_per_model < 0:
+            raise ValueError("max_queue_per_model must be >= 0 (0 rejects every request that cannot start at once)")
+        if self.max_running_per_worker < 1:
+            raise ValueError("max_running_per_worker must be >= 1")
+        if self.lost_after_reports < 1:
+            raise ValueError("lost_after_reports must be >= 1")
+        if self.finished_memory < 0:
+            raise ValueError("finished_memory must be >= 0")
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    nats: str
+    """NATS server URL(s), comma-separated."""
+    catalog: Path
+    """The model catalog (TOML); a request for a model not in it gets 404."""
+    router_id: str = "router"
+    """This router's name in RouterState reports."""
+    consumer: str = subjects.ROUTER_CONSUMER
+    """Durable JetStream consumer name; a restarted router with the same name picks up where the old one stopped."""
+    ack_wait_s: float = 30.0
+    """Seconds JetStream waits for an ack (or in-progress) before it redelivers a request."""
+    in_progress_interval_s: float = 10.0
+    """How often a request still being served tells JetStream it is in progress; below ack_wait_s."""
+    max_ack_pending: int = 100_000
+    """Requests the router may hold unacked (queued or running) at once."""
+    startup_wait_s: float = 1.0
+    """How long a starting router listens to worker reports before it takes requests, so that
+    requests a previous router assigned are adopted from the workers' reports, not run twice."""
+    tick_interval_s: float = 0.25
+    """How often the policy checks for dead workers and waiting requests."""
+    state_interval_s: float = 0.5
+    """How often RouterState is published."""
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+
+    def __post_init__(self):
+        if not self.nats:
+            raise ValueError("nats: give a NATS URL such as nats://127.0.0.1:4222")
+        if not _ID.match(self.router_id):
+            raise ValueError(f"router_id {self.router_id!r}: use letters, digits, - and _")
+        if not _ID.match(self.consumer):
+            raise ValueError(f"consumer {self.consumer!r}: use letters, digits, - and _")
+        if self.ack_wait_s <= 0:
+            raise ValueError("ack_wait_s must be > 0 (30 is a good value)")
+        if not 0 < self.in_progress_interval_s < self.ack_wait_s:
+            raise ValueError(
+                f"in_progress_interval_s ({self.in_progress_interval_s}) must be > 0 and below "
+                f"ack_wait_s ({self.ack_wait_s}), or JetStream redelivers requests still being served"
+            )
+        if self.max_ack_pending < 1:
+            raise ValueError("max_ack_pending must be >= 1")
+        if self.startup_wait_s < 0:
+            raise ValueError("startup_wait_s must be >= 0 (about two worker report intervals is enough)")
+        if self.tick_interval_s <= 0 or self.state_interval_s <= 0:
+            raise ValueError("tick_interval_s and state_interval_s must be > 0")

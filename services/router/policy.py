@@ -1,0 +1,246 @@
+"""The router's decision core: plain data in, decisions out, time passed in as `now`.
+
+No I/O, no asyncio: the service feeds it bus messages, a simulator feeds it events.
+
+    policy = RouterPolicy(catalog.names(), PolicyConfig(), now=clock())
+    decisions = policy.submit(request, now)        # Assign / Reject / Done
+    decisions = policy.on_worker_state(state, now) # Assign (capacity freed) / Cancel (stale copies)
+    decisions = policy.on_tokens(chunk, now)       # Done (finished) / Assign
+    decisions = policy.cancel(request_id, now)     # Cancel + Done
+    decisions = policy.tick(now)                   # dead workers: Assign elsewhere / Reject 503
+    state = policy.snapshot(now)                   # RouterState
+"""
+
+from __future__ import annotations
+
+from collections import Counter, OrderedDict, deque
+from collections.abc import Iterable
+
+from services.router import scoring
+from services.router.config import PolicyConfig
+from services.router.decisions import Assign, Cancel, Decision, Done, Reject, no_worker, not_found, queue_full
+from services.router.views import TrackedRequest, WorkerView
+from shared.protocol import GenerateRequest, ModelLoad, RouterState, TokenChunk, WorkerState
+
+
+class RouterPolicy:
+    def __init__(self, models: Iterable[str], config: PolicyConfig | None = None, *, now: float, router_id: str = "router"):
+        self.config = config or PolicyConfig()
+        self.router_id = router_id
+        self._models = list(models)
+        self._started = now
+        self._workers: dict[str, WorkerView] = {}
+        self._requests: dict[str, TrackedRequest] = {}
+        self._queues: dict[str, deque[str]] = {m: deque() for m in self._models}
+        self._finished: OrderedDict[str, None] = OrderedDict()
+        self._arrivals: Counter[str] = Counter()
+        self._last_served: dict[str, float] = {}
+        """Model -> when a live worker last reported serving it."""
+
+    # ---- events ----------------------------------------------------------------------
+
+    def submit(self, request: GenerateRequest, now: float) -> list[Decision]:
+        rid, model = request.id, request.model
+        if rid in self._requests:
+            return []  # a redelivered copy of a request already in hand
+        if rid in self._finished:
+            return [Done(rid)]
+        if model not in self._queues:
+            return self._reject(request, not_found(model, self._models), 0)
+        self._arrivals[model] += 1
+        tracked = TrackedRequest(request, accepted_at=now)
+        holder = self._reported_holder(rid, now)
+        if holder is not None:  # a worker already runs it (the router restarted): adopt, do not run it twice
+            self._requests[rid] = tracked
+            self._place(tracked, holder)
+            holder.foreign = max(0, holder.foreign - 1)
+            return []
+        if not self._served(model, now) and self._grace_over(model, now):
+            return self._reject(request, no_worker(model), 0)
+        queue = self._queues[model]
+        worker = None if queue else scoring.pick(self._live(now), model, self.config)
+        if worker is None and len(queue) >= self.config.max_queue_per_model:
+            return self._reject(request, queue_full(model, self.config.max_queue_per_model), 0)
+        self._requests[rid] = tracked
+        if worker is None:
+            queue.append(rid)
+            return []
+        return [self._assign(tracked, worker)]
+
+    def on_worker_state(self, state: WorkerState, now: float) -> list[Decision]:
+        view = self._workers.get(state.worker_id)
+        if view is not None and view.is_stale(state):
+            return []
+        restarted = view is not None and view.is_restart(state)
+        before = view.reported_running if view is not None and not restarted else frozenset()
+        if view is None:
+            view = self._workers[state.worker_id] = WorkerView.from_state(state, now)
+        else:
+            view.apply(state, now)
+        for model in view.serving:
+            self._last_served[model] = now
+        decisions: list[Decision] = []
+        view.foreign = 0
+        for rid in view.reported_running:
+            tracked = self._requests.get(rid)
+            if tracked is None and rid not in self._finished:
+                view.foreign += 1  # e.g. assigned by a previous router; its redelivery will adopt it
+            elif tracked is not None and tracked.worker_id is None:
+                self._queues[tracked.model].remove(rid)
+                self._place(tracked, view)
+            elif rid not in view.assigned:
+                view.foreign += tracked is not None
+                if rid not in before:  # another worker holds it, or it is over: stop this copy once
+                    decisions.append(Cancel(view.worker_id, rid))
+        lost = []
+        for rid in view.assigned:
+            tracked = self._requests[rid]
+            if rid in view.reported_running:
+                tracked.misses = 0
+            else:
+                tracked.misses = self.config.lost_after_reports if restarted else tracked.misses + 1
+                if tracked.misses >= self.config.lost_after_reports:
+                    lost.append(rid)
+        self._requeue(lost)
+        return decisions + self._dispatch(now)
+
+    def on_tokens(self, chunk: TokenChunk, now: float) -> list[Decision]:
+        tracked = self._requests.get(chunk.request_id)
+        if tracked is None:
+            return []
+        # First token per index wins, from whichever worker: the gateway keeps the same one,
+        # so a resumed request continues what the client saw.
+        tracked.record(chunk)
+        if chunk.finish_reason is None and chunk.error is None:
+            return []
+        holder = tracked.worker_id
+        self._finish(chunk.request_id)
+        decisions: list[Decision] = [Done(chunk.request_id)]
+        if holder is not None and chunk.worker_id and chunk.worker_id != holder:
+            decisions.insert(0, Cancel(holder, chunk.request_id))  # the client already got its answer
+        return decisions + self._dispatch(now)
+
+    def cancel(self, request_id: str, now: float) -> list[Decision]:
+        tracked = self._requests.get(request_id)
+        if tracked is None:
+            if request_id not in self._finished:
+                self._remember_finished(request_id)  # cancelled before it arrived: never run it
+            return []
+        holder = tracked.worker_id
+        self._finish(request_id)
+        if holder is None:
+            return [Done(request_id)]
+        return [Cancel(holder, request_id), Done(request_id)] + self._dispatch(now)
+
+    def tick(self, now: float) -> list[Decision]:
+        for view in [v for v in self._workers.values() if not v.is_live(now, self.config.worker_timeout_s)]:
+            del self._workers[view.worker_id]
+            self._requeue(list(view.assigned))
+        decisions: list[Decision] = []
+        for model, queue in self._queues.items():
+            if queue and not self._served(model, now) and self._grace_over(model, now):
+                for rid in list(queue):
+                    tracked = self._requests[rid]
+                    decisions += self._reject(tracked.request, no_worker(model), len(tracked.produced()))
+        return decisions + self._dispatch(now)
+
+    def snapshot(self, now: float) -> RouterState:
+        """Loads per catalog model; `arrivals` counts requests for catalog models since start
+        (including those answered 429/503: they are demand too); `pending` is queued requests."""
+        running = Counter(t.model for t in self._requests.values() if t.worker_id is not None)
+        loads = tuple(
+            ModelLoad(m, len(self._queues[m]), running[m], self._arrivals[m]) for m in self._models
+        )
+        live = self._live(now)
+        return RouterState(
+            router_id=self.router_id,
+            ready=any(v.ready for v in live),
+            workers=tuple(sorted(v.worker_id for v in live)),
+            models=loads,
+            pending=sum(len(q) for q in self._queues.values()),
+            ts=now,
+        )
+
+    def holder(self, request_id: str) -> str | None:
+        """The worker a request is assigned to; None while queued or unknown."""
+        tracked = self._requests.get(request_id)
+        return tracked.worker_id if tracked else None
+
+    # ---- internals ------------------------------------------------------------------
+
+    def _live(self, now: float) -> list[WorkerView]:
+        return [v for v in self._workers.values() if v.is_live(now, self.config.worker_timeout_s)]
+
+    def _served(self, model: str, now: float) -> bool:
+        return any(model in v.serving for v in self._live(now))
+
+    def _grace_over(self, model: str, now: float) -> bool:
+        since = max(self._started, self._last_served.get(model, self._started))
+        return now - since >= self.config.no_worker_grace_s
+
+    def _reported_holder(self, rid: str, now: float) -> WorkerView | None:
+        return next((v for v in self._live(now) if rid in v.reported_running), None)
+
+    def _place(self, tracked: TrackedRequest, view: WorkerView) -> None:
+        tracked.worker_id = view.worker_id
+        tracked.misses = 0
+        view.assigned.add(tracked.request.id)
+
+    def _assign(self, tracked: TrackedRequest, view: WorkerView) -> Assign:
+        self._place(tracked, view)
+        return Assign(view.worker_id, tracked.request, tracked.produced())
+
+    def _dispatch(self, now: float) -> list[Decision]:
+        """Assigns queued requests while capacity lasts, oldest queue head first."""
+        decisions: list[Decision] = []
+        live = self._live(now)
+        while True:
+            best = None
+            for model, queue in self._queues.items():
+                if not queue:
+                    continue
+                head = self._requests[queue[0]]
+                if best is not None and head.accepted_at >= best[0].accepted_at:
+                    continue
+                worker = scoring.pick(live, model, self.config)
+                if worker is not None:
+                    best = (head, worker)
+            if best is None:
+                return decisions
+            self._queues[best[0].model].popleft()
+            decisions.append(self._assign(*best))
+
+    def _requeue(self, rids: list[str]) -> None:
+        """Requests whose worker died or lost them go back to their queue in arrival order."""
+        for rid in rids:
+            tracked = self._requests[rid]
+            self._workers_assigned_discard(tracked)
+            tracked.worker_id = None
+            queue = self._queues[tracked.model]
+            queue.append(rid)
+            self._queues[tracked.model] = deque(sorted(queue, key=lambda r: self._requests[r].accepted_at))
+
+    def _workers_assigned_discard(self, tracked: TrackedRequest) -> None:
+        view = self._workers.get(tracked.worker_id) if tracked.worker_id else None
+        if view is not None:
+            view.assigned.discard(tracked.request.id)
+
+    def _finish(self, rid: str) -> None:
+        tracked = self._requests.pop(rid)
+        if tracked.worker_id is None:
+            self._queues[tracked.model].remove(rid)
+        else:
+            self._workers_assigned_discard(tracked)
+        self._remember_finished(rid)
+
+    def _remember_finished(self, rid: str) -> None:
+        self._finished[rid] = None
+        while len(self._finished) > self.config.finished_memory:
+            self._finished.popitem(last=False)
+
+    def _reject(self, request: GenerateRequest, error, index: int) -> list[Decision]:
+        if request.id in self._requests:
+            self._finish(request.id)
+        else:
+            self._remember_finished(request.id)
+        return [Reject(request, error, index)]

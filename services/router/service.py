@@ -1,0 +1,177 @@
+"""The router on the bus: feeds NATS messages to the policy and carries out its decisions.
+
+    async with RouterService(config, catalog) as router:
+        await stop.wait()
+
+Restarts: requests stay in the JetStream work queue until acked. A router killed while
+holding requests leaves them unacked; the next router on the same durable consumer gets
+them again once ack_wait (default 30 s) has passed since their last in-progress touch.
+Requests a worker is still running are adopted from the worker's reports (not run twice);
+the others are assigned anew. A router stopped with SIGTERM hands its queued (unassigned)
+requests back at once with a nak.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+
+from services.router.config import RouterConfig
+from services.router.decisions import Assign, Cancel, Decision, Done, Prefetch, Reject
+from services.router.intake import RequestIntake
+from services.router.policy import RouterPolicy
+from shared import bus, subjects
+from shared.catalog import Catalog
+from shared.metrics import Registry
+from shared.protocol import (
+    AssignRequest,
+    CancelAssignment,
+    CancelRequest,
+    PrefetchModel,
+    ProtocolError,
+    TokenChunk,
+    WorkerState,
+    decode,
+    encode,
+)
+
+log = logging.getLogger("tokenpool.router")
+
+
+class RouterService:
+    def __init__(self, config: RouterConfig, catalog: Catalog, clock: Callable[[], float] = time.monotonic):
+        self.config = config
+        self.clock = clock
+        self.policy = RouterPolicy(catalog.names(), config.policy, now=clock(), router_id=config.router_id)
+        self.metrics = Registry()
+        self._events = self.metrics.counter("tp_router_events_total", "Router events by kind.", ("event",))
+        self._nc = None
+        self._intake: RequestIntake | None = None
+        self._tasks: list[asyncio.Task] = []
+
+    async def __aenter__(self) -> RouterService:
+        c = self.config
+        self._nc = await bus.connect(c.nats, name=f"tokenpool-{c.router_id}")
+        await bus.ensure_request_stream(self._nc)
+        self._intake = RequestIntake(self._nc, c.consumer, c.ack_wait_s, c.max_ack_pending, self._count("malformed_request"))
+        await self._intake.open()
+        limits = dict(pending_msgs_limit=1_000_000, pending_bytes_limit=1 << 30)
+        await self._nc.subscribe(subjects.WORKER_STATE, cb=self._handler(WorkerState, self.policy.on_worker_state))
+        await self._nc.subscribe(subjects.TOKENS_ALL, cb=self._handler(TokenChunk, self.policy.on_tokens), **limits)
+        await self._nc.subscribe(subjects.REQUEST_CANCEL, cb=self._handler(CancelRequest, self._cancel))
+        self._tasks = [
+            asyncio.create_task(self._take_requests(), name="router-intake"),
+            self._every(c.tick_interval_s, self._tick, "router-tick"),
+            self._every(c.state_interval_s, self._publish_state, "router-state"),
+            self._every(c.in_progress_interval_s, self._intake.touch_all, "router-in-progress"),
+        ]
+        log.info("router %s up on %s (consumer %s)", c.router_id, c.nats, c.consumer)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._intake is not None:
+            await self._guard(self._intake.close(), "stop pulling requests")
+            for request_id in self._intake.held:
+                if self.policy.holder(request_id) is None:
+                    await self._guard(self._intake.nak(request_id), "hand back queued request")
+        if self._nc is not None and not self._nc.is_closed:
+            await self._nc.drain()
+        log.info("router %s stopped", self.config.router_id)
+
+    # ---- inputs ------------------------------------------------------------------------
+
+    async def _take_requests(self) -> None:
+        await asyncio.sleep(self.config.startup_wait_s)
+        while True:
+            try:
+                requests = await self._intake.fetch()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001 - e.g. disconnected: keep trying, the bus reconnects
+                log.warning("fetching requests failed: %s", e)
+                await asyncio.sleep(0.5)
+                continue
+            for request in requests:
+                self._events.inc(event="request")
+                try:
+                    await self._execute(self.policy.submit(request, self.clock()))
+                except Exception:  # noqa: BLE001 - one bad request must not stop the intake
+                    log.exception("taking request %s failed", request.id)
+
+    def _handler(self, message_type: type, policy_call: Callable) -> Callable[..., Awaitable[None]]:
+        count_malformed = self._count(f"malformed_{message_type.__name__}")
+
+        async def handle(msg) -> None:
+            try:
+                message = decode(msg.data, message_type)
+            except ProtocolError as e:
+                log.warning("ignoring a malformed message on %s: %s", msg.subject, e)
+                count_malformed()
+                return
+            try:
+                await self._execute(policy_call(message, self.clock()))
+            except Exception:  # noqa: BLE001 - one bad message must not stop the subscription
+                log.exception("handling %s failed", message_type.__name__)
+
+        return handle
+
+    def _cancel(self, message: CancelRequest, now: float) -> list[Decision]:
+        return self.policy.cancel(message.request_id, now)
+
+    async def _tick(self) -> None:
+        await self._execute(self.policy.tick(self.clock()))
+
+    async def _publish_state(self) -> None:
+        state = replace(self.policy.snapshot(self.clock()), ts=time.time())
+        await self._nc.publish(subjects.ROUTER_STATE, encode(state))
+
+    # ---- outputs -----------------------------------------------------------------------
+
+    async def _execute(self, decisions: list[Decision]) -> None:
+        for d in decisions:
+            self._events.inc(event=type(d).__name__.lower())
+            await self._guard(self._carry_out(d), f"{type(d).__name__} {d}")
+
+    async def _carry_out(self, d: Decision) -> None:
+        publish = self._nc.publish
+        if isinstance(d, Assign):
+            log.debug("assign %s to %s (resume %d tokens)", d.request.id, d.worker_id, len(d.resume_token_ids))
+            await publish(subjects.worker_commands(d.worker_id), encode(AssignRequest(d.request, d.resume_token_ids)))
+        elif isinstance(d, Reject):
+            log.info("reject %s: %s %s", d.request.id, d.error.code, d.error.message)
+            chunk = TokenChunk(d.request.id, d.index, error=d.error)
+            await self._guard(publish(d.request.token_subject, encode(chunk)), f"error chunk for {d.request.id}")
+            await self._intake.ack(d.request.id)
+        elif isinstance(d, Cancel):
+            await publish(subjects.worker_commands(d.worker_id), encode(CancelAssignment(d.request_id)))
+        elif isinstance(d, Done):
+            await self._intake.ack(d.request_id)
+        elif isinstance(d, Prefetch):
+            await publish(subjects.worker_commands(d.worker_id), encode(PrefetchModel(d.model)))
+
+    async def _guard(self, action: Awaitable[None], what: str) -> None:
+        try:
+            await action
+        except Exception as e:  # noqa: BLE001 - logged and counted; the request is redelivered or retried
+            self._events.inc(event="io_error")
+            log.warning("%s failed: %s", what, e)
+
+    def _count(self, event: str) -> Callable[[], None]:
+        return lambda: self._events.inc(event=event)
+
+    def _every(self, interval_s: float, action: Callable[[], Awaitable[None]], name: str) -> asyncio.Task:
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(interval_s)
+                try:
+                    await action()
+                except Exception:  # noqa: BLE001 - logged; the next round tries again
+                    log.exception("%s failed", name)
+
+        return asyncio.create_task(loop(), name=name)

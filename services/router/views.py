@@ -1,0 +1,91 @@
+"""The router's bookkeeping: what it knows of each worker and of each request it holds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from shared.protocol import GenerateRequest, TokenChunk, WorkerState
+
+
+@dataclass
+class WorkerView:
+    """One worker as its latest report shows it, plus the requests the router placed on it."""
+
+    worker_id: str
+    ready: bool
+    serving: frozenset[str]
+    tiers: dict[str, str]
+    """Model name -> disk, host or device."""
+    active_model: str | None
+    reported_running: frozenset[str]
+    free_kv_pages: int
+    total_kv_pages: int
+    seq: int
+    ts: float
+    last_report: float
+    """The router's clock when the latest report arrived (worker clocks are not trusted)."""
+    assigned: set[str] = field(default_factory=set)
+    """Requests the router assigned here that are not finished."""
+    foreign: int = 0
+    """Requests the worker reports that the router did not assign here (they still take a slot)."""
+
+    @classmethod
+    def from_state(cls, state: WorkerState, now: float) -> WorkerView:
+        view = cls(state.worker_id, False, frozenset(), {}, None, frozenset(), 0, 0, state.seq, state.ts, now)
+        view.apply(state, now)
+        return view
+
+    def is_stale(self, state: WorkerState) -> bool:
+        """A reordered older report of the same worker process."""
+        return state.seq <= self.seq and state.ts <= self.ts
+
+    def is_restart(self, state: WorkerState) -> bool:
+        """The counter went back while the clock went on: a new worker process under the same id."""
+        return state.seq < self.seq and state.ts > self.ts
+
+    def apply(self, state: WorkerState, now: float) -> None:
+        self.ready = state.ready
+        self.serving = frozenset(state.serving)
+        self.tiers = {m.name: m.tier for m in state.models}
+        self.active_model = state.active_model
+        self.reported_running = frozenset(state.running)
+        self.free_kv_pages = state.free_kv_pages
+        self.total_kv_pages = state.total_kv_pages
+        self.seq = state.seq
+        self.ts = state.ts
+        self.last_report = now
+
+    @property
+    def load(self) -> int:
+        return len(self.assigned) + self.foreign
+
+    def is_live(self, now: float, timeout_s: float) -> bool:
+        return now - self.last_report <= timeout_s
+
+
+@dataclass
+class TrackedRequest:
+    """An accepted request until it finishes: queued (worker_id None) or assigned."""
+
+    request: GenerateRequest
+    accepted_at: float
+    worker_id: str | None = None
+    tokens: dict[int, int] = field(default_factory=dict)
+    """Produced token ids by index, as seen in TokenChunks (duplicates collapse)."""
+    misses: int = 0
+    """Consecutive reports of the holder that did not list this request."""
+
+    @property
+    def model(self) -> str:
+        return self.request.model
+
+    def record(self, chunk: TokenChunk) -> None:
+        for offset, token in enumerate(chunk.token_ids):
+            self.tokens.setdefault(chunk.index + offset, token)
+
+    def produced(self) -> tuple[int, ...]:
+        """The gap-free prefix of produced tokens: what a new worker resumes from."""
+        out = []
+        while len(out) in self.tokens:
+            out.append(self.tokens[len(out)])
+        return tuple(out)

@@ -1,0 +1,207 @@
+"""Random sequences of submits, worker reports, token chunks, cancels and worker deaths.
+
+Simulated workers obey the router (hold what they are assigned, drop what is cancelled,
+report what they hold, produce deterministic tokens). Whatever the sequence:
+every request ends exactly once (Done or Reject), none is held by two workers the router
+counts as live, a resumed request carries exactly the tokens produced so far, and at the
+end nothing is left hanging.
+"""
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from services.router.config import PolicyConfig
+from services.router.decisions import Assign, Cancel, Done, Reject
+from services.router.policy import RouterPolicy
+
+from .builders import MODELS, request, state, tokens
+
+CONFIG = PolicyConfig(worker_timeout_s=2.0, no_worker_grace_s=3.0, max_queue_per_model=4, max_running_per_worker=2)
+
+
+def token(rid: str, index: int) -> int:
+    return int(rid[1:]) * 1000 + index
+
+
+class SimWorker:
+    def __init__(self, worker_id: str, serving: tuple[str, ...]):
+        self.worker_id, self.serving = worker_id, serving
+        self.alive, self.silent, self.seq = True, False, 0
+        self.holding: dict[str, int] = {}
+        """Request id -> next token index."""
+
+
+class RouterMachine(RuleBasedStateMachine):
+    def __init__(self):
+        super().__init__()
+        self.now = 0.0
+        self.policy = RouterPolicy(MODELS, CONFIG, now=self.now)
+        self.workers: list[SimWorker] = []
+        self.submitted: list[str] = []
+        self.models: dict[str, str] = {}
+        self.ends: dict[str, int] = {}
+        self.chunks = []
+        self.seen: dict[str, set[int]] = {}
+        """Token indices of each request the router was shown."""
+
+    # ---- the world acting on the router ----------------------------------------------
+
+    @initialize(n=st.integers(1, 3))
+    def start_pool(self, n):
+        for _ in range(n):
+            self.start_worker(set(MODELS))
+
+    @rule(serving=st.sets(st.sampled_from(MODELS), min_size=1))
+    def start_worker(self, serving):
+        worker = SimWorker(f"w{len(self.workers)}", tuple(sorted(serving)))
+        self.workers.append(worker)
+        self.report_from(worker)
+
+    @precondition(lambda self: self.workers)
+    @rule(i=st.integers(0, 50))
+    def report(self, i):
+        worker = self.workers[i % len(self.workers)]
+        if worker.alive:
+            self.report_from(worker)
+
+    @precondition(lambda self: self.workers)
+    @rule(i=st.integers(0, 50))
+    def kill(self, i):
+        self.workers[i % len(self.workers)].alive = False
+
+    @precondition(lambda self: self.workers)
+    @rule(i=st.integers(0, 50))
+    def restart(self, i):
+        """A new process under the same id: it holds nothing and counts its reports from 1 again."""
+        worker = self.workers[i % len(self.workers)]
+        worker.alive, worker.silent, worker.seq, worker.holding = True, False, 0, {}
+        self.now += 0.1
+        self.report_from(worker)
+
+    @precondition(lambda self: self.busy())
+    @rule(i=st.integers(0, 50))
+    def kill_busy(self, i):
+        busy = self.busy()
+        busy[i % len(busy)].alive = False
+
+    @precondition(lambda self: self.workers)
+    @rule(i=st.integers(0, 50))
+    def toggle_silent(self, i):
+        """A slow or cut-off worker: alive, holding its requests, but not reporting."""
+        worker = self.workers[i % len(self.workers)]
+        worker.silent = not worker.silent
+
+    @rule(model=st.sampled_from((*MODELS, *MODELS, "unknown")))
+    def submit(self, model):
+        rid = f"r{len(self.submitted)}"
+        self.submitted.append(rid)
+        self.models[rid] = model
+        self.execute(self.policy.submit(request(rid, model), self.now))
+
+    @precondition(lambda self: self.submitted)
+    @rule(i=st.integers(0, 100))
+    def redeliver_live(self, i):
+        rid = self.submitted[i % len(self.submitted)]
+        if rid not in self.ends:
+            assert self.policy.submit(request(rid, self.models[rid]), self.now) == []
+
+    @precondition(lambda self: self.submitted)
+    @rule(i=st.integers(0, 100))
+    def cancel(self, i):
+        self.execute(self.policy.cancel(self.submitted[i % len(self.submitted)], self.now))
+
+    def busy(self) -> list[SimWorker]:
+        return [w for w in self.workers if w.alive and w.holding]
+
+    @precondition(lambda self: self.busy())
+    @rule(i=st.integers(0, 50), j=st.integers(0, 50), n=st.integers(1, 3), finish=st.sampled_from((False, False, True)))
+    def produce(self, i, j, n, finish):
+        busy = self.busy()
+        worker = busy[i % len(busy)]
+        rid = sorted(worker.holding)[j % len(worker.holding)]
+        start = worker.holding[rid]
+        ids = tuple(token(rid, start + k) for k in range(n))
+        chunk = tokens(rid, start, ids, worker.worker_id, finish="stop" if finish else None)
+        worker.holding[rid] = start + n
+        if finish:
+            del worker.holding[rid]
+        self.chunks.append(chunk)
+        self.seen.setdefault(rid, set()).update(range(start, start + n))
+        self.execute(self.policy.on_tokens(chunk, self.now))
+
+    @precondition(lambda self: self.chunks)
+    @rule(i=st.integers(0, 100))
+    def duplicate_chunk(self, i):
+        self.execute(self.policy.on_tokens(self.chunks[i % len(self.chunks)], self.now))
+
+    @rule(dt=st.sampled_from((0.1, 0.5, 1.0, 2.5)))
+    def advance(self, dt):
+        self.now += dt
+        for worker in self.workers:
+            if worker.alive and not worker.silent:
+                self.report_from(worker)
+        self.execute(self.policy.tick(self.now))
+
+    # ---- the router acting on the world ----------------------------------------------
+
+    def report_from(self, worker: SimWorker):
+        worker.seq += 1
+        msg = state(worker.worker_id, worker.seq, serving=worker.serving, running=tuple(worker.holding), ts=self.now)
+        self.execute(self.policy.on_worker_state(msg, self.now))
+
+    def execute(self, decisions):
+        live = set(self.policy.snapshot(self.now).workers)
+        for d in decisions:
+            if isinstance(d, Assign):
+                rid = d.request.id
+                assert rid not in self.ends, f"{rid} assigned after it ended"
+                assert d.worker_id in live
+                worker = self.worker(d.worker_id)
+                assert self.models[rid] in worker.serving
+                seen, produced = self.seen.get(rid, set()), 0
+                while produced in seen:
+                    produced += 1
+                assert d.resume_token_ids == tuple(token(rid, k) for k in range(produced))
+                if worker.alive:
+                    worker.holding[rid] = len(d.resume_token_ids)
+            elif isinstance(d, Cancel):
+                self.worker(d.worker_id).holding.pop(d.request_id, None)
+            elif isinstance(d, (Done, Reject)):
+                rid = d.request_id if isinstance(d, Done) else d.request.id
+                assert rid not in self.ends, f"{rid} ended twice"
+                self.ends[rid] = 1
+                if isinstance(d, Reject):
+                    assert d.error.code == 404 if self.models[rid] == "unknown" else d.error.code in (429, 503)
+
+    def worker(self, worker_id: str) -> SimWorker:
+        return next(w for w in self.workers if w.worker_id == worker_id)
+
+    # ---- what must always hold ---------------------------------------------------------
+
+    @invariant()
+    def held_by_at_most_one_live_worker(self):
+        live = set(self.policy.snapshot(self.now).workers)
+        holders: dict[str, list[str]] = {}
+        for w in self.workers:
+            if w.worker_id in live:
+                for rid in w.holding:
+                    holders.setdefault(rid, []).append(w.worker_id)
+        assert all(len(ws) == 1 for ws in holders.values()), holders
+
+    @invariant()
+    def unknown_models_never_wait(self):
+        assert all(rid in self.ends for rid, m in self.models.items() if m == "unknown")
+
+    def teardown(self):
+        for w in self.workers:
+            w.alive = False
+        self.now += CONFIG.worker_timeout_s + CONFIG.no_worker_grace_s + 1
+        self.execute(self.policy.tick(self.now))
+        lost = [rid for rid in self.submitted if rid not in self.ends]
+        assert not lost, f"requests never answered: {lost}"
+        assert self.policy.snapshot(self.now).pending == 0
+
+
+RouterMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=60, deadline=None)
+test_router_policy_properties = RouterMachine.TestCase
