@@ -1,4 +1,7 @@
-"""``tokenpool bench engine``: decode vs Hugging Face, copy limit, switch and KV swap in one run."""
+"""``tokenpool bench engine``: decode vs Hugging Face, copy limit, switch and KV swap in one run.
+
+``tokenpool bench serve`` (the whole stack against the engine alone) lives in bench_serve.py.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import json
 import sys
 from pathlib import Path
 
+from services.cli import bench_serve
 from shared.model_store import ModelStore
 
 DEMO_MODELS = ("demo-llama", "demo-qwen2", "demo-mistral")
@@ -47,6 +51,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", type=Path, help="also write the JSON object to this file")
     p.add_argument("--json", action="store_true", help="print the JSON object instead of a summary")
     p.set_defaults(handler=bench_engine)
+    bench_serve.register(kinds)
 
 
 def _batches(text: str) -> tuple[int, ...]:

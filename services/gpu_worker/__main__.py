@@ -3,6 +3,7 @@
 Usage:
     python -m services.gpu_worker --nats nats://127.0.0.1:4222 --catalog deploy/catalog.toml \\
         --worker-id worker-0 [--models demo-llama,demo-qwen2] [--device cuda] [--kv-arena-bytes 1GiB]
+        [--engine torch|echo] [--echo-step-s 0.02]
 
 Environment fallbacks: TOKENPOOL_NATS_URL, TOKENPOOL_CATALOG, TOKENPOOL_WORKER_ID,
 TOKENPOOL_DEVICE, TOKENPOOL_LOG_LEVEL, TOKENPOOL_MODEL_STORE. Sizes take KiB/MiB/GiB suffixes.
@@ -19,7 +20,7 @@ import re
 import sys
 from pathlib import Path
 
-from services.gpu_worker.config import WorkerConfig
+from services.gpu_worker.config import ENGINES, WorkerConfig
 from services.gpu_worker.engine.errors import EngineError
 from services.gpu_worker.service import GpuWorker, WorkerError
 from shared import env
@@ -53,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-interval", type=float, default=WorkerConfig.report_interval_s, help="seconds between WorkerState reports")
     p.add_argument("--min-turn-steps", type=int, default=WorkerConfig.min_turn_steps, help="steps per model turn when several have work")
     p.add_argument("--drain-timeout", type=float, default=WorkerConfig.drain_timeout_s, help="seconds to finish requests on SIGTERM")
+    p.add_argument("--engine", choices=ENGINES, default=WorkerConfig.engine,
+                   help="torch (default) or echo: no compute, tokens echo the prompt (control-plane benchmarks)")
+    p.add_argument("--echo-step-s", type=float, default=WorkerConfig.echo_step_s,
+                   help="with --engine echo: seconds each step sleeps, standing in for a model (default 0)")
     p.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR (env TOKENPOOL_LOG_LEVEL)")
     return p
 
@@ -76,6 +81,8 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         report_interval_s=args.report_interval,
         min_turn_steps=args.min_turn_steps,
         drain_timeout_s=args.drain_timeout,
+        engine=args.engine,
+        echo_step_s=args.echo_step_s,
     )
 
 

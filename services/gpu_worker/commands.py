@@ -40,7 +40,7 @@ class FailAll:
 
 @dataclass(frozen=True)
 class Stop:
-    """Ends the loop; requests still held fail with 503 so that the router can move them."""
+    """Ends the loop; requests still held are released silently so that the router moves them."""
 
 
 Command = Assign | Cancel | Prefetch | Place | FailAll | Stop

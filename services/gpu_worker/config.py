@@ -18,6 +18,7 @@ MIB = 1 << 20
 CPU_KV_ARENA_BYTES = 256 * MIB
 _TOKEN_SAFE = re.compile(r"^[A-Za-z0-9_-]+$")
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+ENGINES = ("torch", "echo")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -58,6 +59,10 @@ class WorkerConfig:
     """Steps a model keeps the engine before another model with work gets its turn."""
     drain_timeout_s: float = 10.0
     """On SIGTERM, how long in-flight requests may run before they fail with 503."""
+    engine: str = "torch"
+    """torch: the real engine; echo: no compute, tokens echo the prompt (to measure the control plane)."""
+    echo_step_s: float = 0.0
+    """With engine=echo, seconds each step sleeps to stand in for a model's step time."""
 
     def __post_init__(self):
         if not _TOKEN_SAFE.match(self.worker_id):
@@ -85,6 +90,12 @@ class WorkerConfig:
             raise ValueError(f"min_turn_steps must be at least 1, got {self.min_turn_steps}")
         if self.drain_timeout_s < 0:
             raise ValueError(f"drain_timeout_s must be >= 0, got {self.drain_timeout_s}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine {self.engine!r} is not one of {', '.join(ENGINES)}; pass --engine torch or echo")
+        if self.echo_step_s < 0:
+            raise ValueError(f"echo_step_s must be >= 0 seconds, got {self.echo_step_s}")
+        if self.echo_step_s and self.engine != "echo":
+            raise ValueError("echo_step_s only applies to the echo engine; pass --engine echo or drop --echo-step-s")
 
 
 @dataclass(frozen=True)
@@ -94,6 +105,17 @@ class EnginePlan:
     engine: EngineConfig
     paths: dict[str, Path]
     context_lengths: dict[str, int | None]
+
+
+def build_engine(config: WorkerConfig, plan: EnginePlan):
+    """The engine the worker's thread runs: the torch Engine, or the compute-free EchoEngine."""
+    if config.engine == "echo":
+        from services.gpu_worker.echo_engine import EchoEngine
+
+        return EchoEngine(plan.paths, plan.engine.max_batch_size, config.echo_step_s)
+    from services.gpu_worker.engine.engine import Engine
+
+    return Engine(plan.engine, plan.paths)
 
 
 def served_models(config: WorkerConfig, catalog: Catalog) -> list[str]:

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 
 from services.gpu_worker import multiplexer
 from services.gpu_worker.assignments import (
-    SHUTTING_DOWN,
     Assignment,
     assignment,
     engine_request,
@@ -125,7 +124,7 @@ class EngineThread:
     def _loop_once(self) -> bool:
         for command in self._take_commands(block=not self._engine.has_work()):
             if isinstance(command, Stop):
-                self._fail_all(SHUTTING_DOWN)  # whatever was assigned after the drain began
+                self._release_all()
                 self._flush()
                 return False
             self._apply(command)
@@ -211,6 +210,14 @@ class EngineThread:
             except EngineError as e:
                 log.warning("placement: could not move %s: %s", name, e)
             self._pending.changed = True
+
+    def _release_all(self) -> None:
+        """Drops every request without a word to its client: once this worker falls silent the
+        router re-assigns them with the tokens already produced, so the client sees no error."""
+        for request_id in list(self._requests):
+            self._engine.abort(request_id)
+            del self._requests[request_id]
+        self._pending.changed = True
 
     def _fail_all(self, error: ErrorInfo) -> None:
         for request_id in list(self._requests):

@@ -16,9 +16,8 @@ import time
 
 from services.gpu_worker import commands as cmd
 from services.gpu_worker.engine_thread import EngineThread
-from services.gpu_worker.assignments import SHUTTING_DOWN, assignment, error_chunk
-from services.gpu_worker.config import WorkerConfig, plan_engine, served_models
-from services.gpu_worker.engine.engine import Engine
+
+from services.gpu_worker.config import WorkerConfig, build_engine, plan_engine, served_models
 from services.gpu_worker.gpu_metrics import read_gpu_metrics
 from services.gpu_worker.reporter import worker_state
 from shared import bus, subjects
@@ -69,7 +68,7 @@ class GpuWorker:
         self.nc = await bus.connect(c.nats, name=f"gpu_worker {c.worker_id}")
         plan = self.plan
         self._thread = EngineThread(
-            lambda: Engine(plan.engine, plan.paths),
+            lambda: build_engine(c, plan),
             self.models,
             plan.context_lengths,
             c.worker_id,
@@ -118,7 +117,8 @@ class GpuWorker:
         await self.nc.drain()
 
     async def _drain(self) -> None:
-        """Stops taking work; lets running requests finish for drain_timeout_s, then fails the rest."""
+        """Stops taking work; lets running requests finish for drain_timeout_s. What is left is
+        released when the engine thread stops, and the router moves it to another worker."""
         self.accepting = False
         await self._publish_state()
         deadline = time.monotonic() + self.config.drain_timeout_s
@@ -129,8 +129,7 @@ class GpuWorker:
             except TimeoutError:
                 break
         if self.snapshot is not None and self.snapshot.running:
-            log.warning("failing %d unfinished requests: worker shutting down", len(self.snapshot.running))
-            self._thread.submit(cmd.FailAll(SHUTTING_DOWN))
+            log.warning("releasing %d unfinished requests to the router: worker shutting down", len(self.snapshot.running))
 
     def _task_done(self, task: asyncio.Task) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -148,8 +147,7 @@ class GpuWorker:
             return
         if isinstance(command, AssignRequest):
             if not self.accepting:
-                chunk = error_chunk(assignment(command), SHUTTING_DOWN, self.config.worker_id)
-                await self.nc.publish(command.request.token_subject, encode(chunk))
+                log.info("not taking %s while shutting down; the router will move it", command.request.id)
                 return
             self._thread.submit(cmd.Assign(command))
         elif isinstance(command, CancelAssignment):

@@ -31,27 +31,29 @@ def start_worker(nats_url: str, worker_id: str, *extra: str) -> subprocess.Popen
     return subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-async def test_sigterm_drains_in_flight_requests_and_exits_cleanly(nats_url, client, prompt_ids):
+async def test_sigterm_releases_unfinished_requests_silently_and_exits_cleanly(nats_url, client, prompt_ids):
+    """What does not finish within the drain timeout is left to the router to move: no error reaches the client."""
     worker = start_worker(nats_url, "w-proc")
     try:
         await client.state("w-proc", lambda s: s.ready, timeout=60)
         long = Sampling(max_tokens=100_000, temperature=0, ignore_eos=True)  # capped by the 4096-token window
         await client.assign("w-proc", "proc-1", "demo-llama", prompt_ids, long)
         await client.until(lambda: client.chunks("proc-1"), what="the first token")
+        reports_before = len(client.states)
         worker.send_signal(signal.SIGTERM)
         not_ready = await client.state("w-proc", lambda s: not s.ready)
-        chunks = await client.finished("proc-1")
         status = await asyncio.to_thread(worker.wait, 30)
+        await asyncio.sleep(0.3)
+        last_report = [s for s in client.states[reports_before:] if s.worker_id == "w-proc"][-1]
     finally:
         if worker.poll() is None:
             worker.kill()
         output, _ = worker.communicate()
 
     assert status == 0, output
-    assert not_ready.worker_id == "w-proc"
-    last = chunks[-1]
-    # Either the request finished within the grace period or it was failed so the router can move it.
-    assert last.finish_reason == "length" or (last.error.code == 503 and last.error.message == "worker shutting down")
+    assert not_ready.worker_id == "w-proc" and not last_report.ready and not last_report.running
+    chunks = client.chunks("proc-1")
+    assert all(c.error is None and c.finish_reason is None for c in chunks)
     assert [c.index for c in chunks] == list(range(len(chunks)))
     assert "Traceback" not in output
 

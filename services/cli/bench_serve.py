@@ -1,0 +1,252 @@
+"""``tokenpool bench serve``: what the serving stack adds per token, against the engine alone.
+
+    tokenpool bench serve [--streams 100] [--tokens 64] [--duration-s 30] [--engine echo|torch]
+                          [--model demo-llama] [--echo-step-s 0] [--json] [--out PATH]
+
+One run: (1) the engine alone in this process (`bench_serve_engine`), then (2) its own stack
+on loopback ports (nats-server, router, one gpu_worker with the same engine, gateway;
+`bench_serve_stack`) under a closed-loop streaming load (`bench_serve_load`). The figure of
+merit is bus_overhead_per_token_ms_p50 = p50 TBT through the stack - p50 per-token interval
+of the engine alone. Every process it starts is stopped on the way out, Ctrl-C included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+PROMPT = (
+    "Write a short story about a lighthouse keeper who finds a message in a bottle. "
+    "The message is written in a language nobody in the village can read."
+)
+TARGET_OVERHEAD_MS = 2.0
+"""From the issue: at most 2 ms p50 added per token, 100 streams, echo engine, 2 CPU cores."""
+TARGET_STREAMS = 100
+METHOD = (
+    "bus_overhead_per_token_ms_p50 = stack.tbt_ms.p50 - engine_alone.per_token_ms.p50. stack TBT: gap between "
+    "consecutive text-carrying SSE events of one request as the HTTP client receives them (client in this process, "
+    "stack on loopback), requests started after warmup_s. engine_alone per-token interval: the same engine mode "
+    "and the same closed loop (streams requests at once, each finished one replaced) called directly in this "
+    "process, gap between consecutive tokens of one sequence. The difference is what gateway, router, worker "
+    "(engine thread hand-off, token publishing) and NATS add per token, plus the load generator's own parsing, "
+    "all sharing this machine's cores."
+)
+
+
+def register(kinds) -> None:
+    p = kinds.add_parser(
+        "serve",
+        help="latency through the whole stack (gateway, router, worker, NATS) vs the engine alone",
+        description="Starts its own stack on loopback ports, drives it with closed-loop streaming clients and "
+        "reports TTFT, TBT, tokens/s and the per-token overhead over the engine alone. See bench/README.md.",
+    )
+    p.add_argument("--streams", type=int, default=100, help="concurrent streaming clients (default: %(default)s)")
+    p.add_argument("--tokens", type=int, default=64, help="tokens per request (ignore_eos) (default: %(default)s)")
+    p.add_argument("--duration-s", type=float, default=30.0, help="seconds of load (default: %(default)s)")
+    p.add_argument("--engine", choices=("echo", "torch"), default="echo", help="worker engine (default: %(default)s)")
+    p.add_argument("--model", default="demo-llama", help="model in the store (default: %(default)s)")
+    p.add_argument("--echo-step-s", type=float, default=0.0, help="echo engine: sleep per step (default: 0)")
+    p.add_argument("--warmup-s", type=float, help="requests started earlier are left out of latencies "
+                   "(default: a fifth of --duration-s, at most 2)")
+    p.add_argument("--max-requests", type=int, default=100_000, help="cap on requests sent (default: %(default)s)")
+    p.add_argument("--engine-duration-s", type=float, help="seconds of the engine-alone loop (default: "
+                   "--duration-s, at most 10)")
+    p.add_argument("--startup-timeout-s", type=float, default=180.0, help="wait for /health (default: %(default)s)")
+    p.add_argument("--out", type=Path, help="also write the JSON object to this file")
+    p.add_argument("--json", action="store_true", help="print the JSON object instead of a summary")
+    p.set_defaults(handler=bench_serve)
+
+
+def _check(args: argparse.Namespace) -> str | None:
+    if not 1 <= args.streams <= 1000:
+        return f"--streams {args.streams}: use 1 to 1000 concurrent clients"
+    if not 2 <= args.tokens <= 4096:
+        return f"--tokens {args.tokens}: use 2 to 4096 (TBT needs at least 2 tokens per request)"
+    if not 0 < args.duration_s <= 3600:
+        return f"--duration-s {args.duration_s}: use more than 0 and at most 3600 seconds"
+    if args.echo_step_s < 0 or (args.echo_step_s and args.engine != "echo"):
+        return "--echo-step-s must be >= 0 and only goes with --engine echo"
+    if args.max_requests < 1:
+        return f"--max-requests {args.max_requests}: must be at least 1"
+    if args.warmup_s is not None and not 0 <= args.warmup_s < args.duration_s:
+        return f"--warmup-s {args.warmup_s}: must be >= 0 and shorter than --duration-s"
+    return None
+
+
+class _Terminated(Exception):
+    pass
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
+
+
+def bench_serve(args: argparse.Namespace) -> int:
+    if problem := _check(args):
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    from shared.model_store import ModelStore
+
+    model_path = ModelStore.from_env().path(args.model)  # ModelNotFoundError: a one-line error from main
+    warmup_s = args.warmup_s if args.warmup_s is not None else min(2.0, args.duration_s / 5)
+    engine_s = args.engine_duration_s or min(args.duration_s, 10.0)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        with tempfile.TemporaryDirectory(prefix="tokenpool-bench-serve-") as tmp:
+            result = _run(args, model_path, Path(tmp), warmup_s, engine_s)
+    except (KeyboardInterrupt, _Terminated):
+        print("interrupted; every process this benchmark started was stopped", file=sys.stderr)
+        return 130
+    except (RuntimeError, TimeoutError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2) if args.json else format_report(result))
+    return 0
+
+
+def _log(message: str) -> None:
+    print(f"[bench serve] {message}", file=sys.stderr, flush=True)
+
+
+def _run(args, model_path: Path, tmp: Path, warmup_s: float, engine_s: float) -> dict:
+    import torch
+
+    from services.cli.bench_serve_load import LoadSpec, run_load, summarize
+    from services.cli.bench_serve_stack import ServeStack, write_catalog
+    from services.gpu_worker.engine.bench import machine
+    from shared.tokenizer import Tokenizer
+
+    info = machine(torch.device("cpu"))
+    batch = max(64, args.streams)
+    prompt_ids = tuple(Tokenizer(model_path).encode(PROMPT))
+    catalog_path = write_catalog(tmp / "catalog.toml", args.model, model_path)
+    _log(f"engine alone: {args.engine}, {args.streams} sequences, {engine_s:g} s")
+    alone = _engine_alone(args, catalog_path, prompt_ids, batch, engine_s)
+
+    worker_args = ["--models", args.model, "--engine", args.engine, "--max-batch-size", str(batch)]
+    if args.echo_step_s:
+        worker_args += ["--echo-step-s", str(args.echo_step_s)]
+    router_args = ["--max-running-per-worker", str(max(16, args.streams))]
+    (tmp / "stack").mkdir()
+    _log("starting nats-server, router, gpu_worker, gateway")
+    stack = ServeStack(tmp / "stack", args.model, model_path, worker_args, router_args)
+    try:
+        stack.start()
+        stack.wait_healthy(args.startup_timeout_s)
+        _log(f"stack healthy at {stack.base_url}; {args.streams} streams x {args.tokens} tokens for {args.duration_s:g} s")
+        spec = LoadSpec(stack.base_url, args.model, PROMPT, args.streams, args.tokens, args.duration_s, args.max_requests)
+        records = _run_async(run_load(spec))
+    finally:
+        _log("stopping the stack")
+        interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
+        try:
+            stack.stop()
+        finally:
+            signal.signal(signal.SIGINT, interrupt)
+    info["loadavg_end"] = list(os.getloadavg())
+    served = summarize(records, warmup_s)
+    return _report(args, info, prompt_ids, batch, warmup_s, engine_s, alone, served)
+
+
+def _engine_alone(args, catalog_path: Path, prompt_ids, batch: int, engine_s: float):
+    from services.cli.bench_serve_engine import engine_alone
+    from services.gpu_worker.config import WorkerConfig, build_engine, plan_engine
+    from shared.catalog import load_catalog
+    from shared.model_store import ModelStore
+
+    config = WorkerConfig(
+        worker_id="bench-alone", catalog=catalog_path, models=(args.model,), max_batch_size=batch,
+        engine=args.engine, echo_step_s=args.echo_step_s,
+    )
+    catalog = load_catalog(catalog_path, ModelStore.from_env().root)
+    engine = build_engine(config, plan_engine(config, catalog))
+    try:
+        engine.load(args.model)
+        return engine_alone(engine, args.model, prompt_ids, args.streams, args.tokens, engine_s)
+    finally:
+        engine.close()
+
+
+def _run_async(coro):
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def _report(args, info, prompt_ids, batch, warmup_s, engine_s, alone, served) -> dict:
+    from services.cli.bench_serve_load import ms, percentile
+
+    tbt = alone.intervals_s
+    engine = {
+        "sequences": args.streams,
+        "requests": alone.requests,
+        "tokens": alone.tokens,
+        "elapsed_s": round(alone.elapsed_s, 3),
+        "tokens_per_s": round(alone.tokens / alone.elapsed_s, 1) if alone.elapsed_s else 0.0,
+        "per_token_ms": {
+            "p50": ms(percentile(tbt, 50)), "p90": ms(percentile(tbt, 90)), "p99": ms(percentile(tbt, 99)),
+            "mean": ms(sum(tbt) / len(tbt)) if tbt else None, "samples": len(tbt),
+        },
+        "step_ms": {"p50": ms(percentile(alone.step_s, 50)), "p99": ms(percentile(alone.step_s, 99))},
+    }
+    overhead_p50 = _minus(served["tbt_ms"]["p50"], engine["per_token_ms"]["p50"])
+    overhead_mean = _minus(served["tbt_ms"]["mean"], engine["per_token_ms"]["mean"])
+    conditions = args.engine == "echo" and args.streams == TARGET_STREAMS and (info.get("cores_available") or 0) <= 2
+    return {
+        "config": {
+            "streams": args.streams, "tokens": args.tokens, "duration_s": args.duration_s, "engine": args.engine,
+            "model": args.model, "echo_step_s": args.echo_step_s, "warmup_s": warmup_s,
+            "engine_duration_s": engine_s, "prompt_tokens": len(prompt_ids), "worker_max_batch_size": batch,
+            "max_requests": args.max_requests,
+        },
+        "machine": info,
+        "stack": served,
+        "engine_alone": engine,
+        "bus_overhead_per_token_ms_p50": overhead_p50,
+        "bus_overhead_per_token_ms_mean": overhead_mean,
+        "target": {
+            "bus_overhead_per_token_ms_p50_max": TARGET_OVERHEAD_MS,
+            "conditions": f"{TARGET_STREAMS} streams, echo engine, 2 CPU cores",
+            "conditions_match": conditions,
+        },
+        "target_met": overhead_p50 is not None and served["errors"] == 0 and overhead_p50 <= TARGET_OVERHEAD_MS,
+        "method": METHOD,
+    }
+
+
+def _minus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else round(a - b, 3)
+
+
+def format_report(r: dict) -> str:
+    c, s, e = r["config"], r["stack"], r["engine_alone"]
+    lines = [
+        f"bench serve: {c['engine']} engine, {c['model']}, {c['streams']} streams x {c['tokens']} tokens, "
+        f"{c['duration_s']:g} s ({r['machine']['cores_available']} cores)",
+        f"  stack:        {s['requests']} requests, {s['errors']} errors, {s['tokens_per_s']} tok/s; "
+        f"TTFT p50 {s['ttft_ms']['p50']} ms p99 {s['ttft_ms']['p99']} ms; "
+        f"TBT p50 {s['tbt_ms']['p50']} ms p99 {s['tbt_ms']['p99']} ms mean {s['tbt_ms']['mean']} ms",
+        f"  engine alone: {e['tokens_per_s']} tok/s; per-token p50 {e['per_token_ms']['p50']} ms "
+        f"p99 {e['per_token_ms']['p99']} ms mean {e['per_token_ms']['mean']} ms",
+        f"  bus overhead per token: p50 {r['bus_overhead_per_token_ms_p50']} ms, "
+        f"mean {r['bus_overhead_per_token_ms_mean']} ms "
+        f"(target <= {r['target']['bus_overhead_per_token_ms_p50_max']} ms p50: "
+        f"{'met' if r['target_met'] else 'not met'}"
+        f"{'' if r['target']['conditions_match'] else '; this run is not under the target conditions'})",
+    ]
+    if s["errors_by_kind"]:
+        lines.append(f"  errors: {s['errors_by_kind']}")
+    return "\n".join(lines)

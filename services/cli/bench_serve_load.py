@@ -1,0 +1,168 @@
+"""The load of `tokenpool bench serve`: closed-loop streaming clients and what they saw.
+
+    records = asyncio.run(run_load(LoadSpec(url, "demo-llama", PROMPT, streams=100, tokens=64, duration_s=30)))
+    summary = summarize(records, warmup_s=2.0)
+
+Each of `streams` clients POSTs a streaming /v1/completions (ignore_eos, so every request
+yields exactly `tokens` tokens), reads it to the end, and sends its next request at once,
+until `duration_s` has passed or `max_requests` were sent. A client stamps the arrival of
+every SSE event that carries text: TTFT is request start to the first one, TBT each gap
+between consecutive ones of the same request. request_per_token_ms is a request's whole
+latency divided by its tokens: unlike TBT it cannot look small when a backlog delivers a
+request's tokens in one burst after a long wait for the first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+
+import aiohttp
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    base_url: str
+    model: str
+    prompt: str
+    streams: int
+    tokens: int
+    duration_s: float
+    max_requests: int = 1_000_000
+    request_timeout_s: float = 60.0
+
+
+@dataclass
+class RequestRecord:
+    started: float
+    """Seconds since the load began."""
+    ended: float = 0.0
+    ttft_s: float | None = None
+    tbt_s: list[float] = field(default_factory=list)
+    tokens: int = 0
+    """completion_tokens from the final usage chunk."""
+    error: str | None = None
+
+
+async def run_load(spec: LoadSpec) -> list[RequestRecord]:
+    records: list[RequestRecord] = []
+    begin = time.perf_counter()
+    stop_at = begin + spec.duration_s
+    budget = [spec.max_requests]
+    body = {
+        "model": spec.model,
+        "prompt": spec.prompt,
+        "max_tokens": spec.tokens,
+        "temperature": 0,
+        "stream": True,
+        "ignore_eos": True,
+        "stream_options": {"include_usage": True},
+    }
+    url = spec.base_url + "/v1/completions"
+    timeout = aiohttp.ClientTimeout(total=spec.request_timeout_s)
+    connector = aiohttp.TCPConnector(limit=spec.streams, force_close=False)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def client() -> None:
+            while time.perf_counter() < stop_at and budget[0] > 0:
+                budget[0] -= 1
+                record = RequestRecord(started=time.perf_counter() - begin)
+                records.append(record)
+                await _one_request(session, url, body, spec.tokens, record, begin)
+
+        await asyncio.gather(*(client() for _ in range(spec.streams)))
+    return records
+
+
+async def _one_request(session, url: str, body: dict, tokens: int, record: RequestRecord, begin: float) -> None:
+    t0 = time.perf_counter()
+    last = None
+    try:
+        async with session.post(url, json=body) as response:
+            if response.status != 200:
+                record.error = f"http_{response.status}"
+                await response.read()
+                return
+            async for line in response.content:
+                if not line.startswith(b"data: "):
+                    continue
+                payload = line[6:].strip()
+                if payload == b"[DONE]":
+                    break
+                event = json.loads(payload)
+                if "error" in event:
+                    record.error = "stream_error"
+                    return
+                if event.get("usage"):
+                    record.tokens = event["usage"]["completion_tokens"]
+                choices = event.get("choices") or ()
+                if choices and choices[0].get("text"):
+                    now = time.perf_counter()
+                    if last is None:
+                        record.ttft_s = now - t0
+                    else:
+                        record.tbt_s.append(now - last)
+                    last = now
+        if record.tokens != tokens:
+            record.error = "wrong_token_count"
+    except asyncio.TimeoutError:
+        record.error = "timeout"
+    except (aiohttp.ClientError, OSError, ValueError) as e:
+        record.error = type(e).__name__
+    finally:
+        record.ended = time.perf_counter() - begin
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Linear interpolation between closest ranks; q in [0, 100]. None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def ms(value: float | None) -> float | None:
+    return None if value is None else round(value * 1000, 3)
+
+
+def summarize(records: list[RequestRecord], warmup_s: float) -> dict:
+    """Latencies of the requests started after the warm-up; throughput over the whole load."""
+    done = [r for r in records if r.error is None]
+    measured = [r for r in done if r.started >= warmup_s]
+    ttft = [r.ttft_s for r in measured if r.ttft_s is not None]
+    tbt = [x for r in measured for x in r.tbt_s]
+    per_token = [(r.ended - r.started) / r.tokens for r in measured if r.tokens]
+    span = max((r.ended for r in records), default=0.0)
+    tokens = sum(r.tokens for r in done)
+    errors: dict[str, int] = {}
+    for r in records:
+        if r.error is not None:
+            errors[r.error] = errors.get(r.error, 0) + 1
+    return {
+        "requests": len(records),
+        "completed": len(done),
+        "measured_requests": len(measured),
+        "errors": sum(errors.values()),
+        "errors_by_kind": errors,
+        "tokens": tokens,
+        "elapsed_s": round(span, 3),
+        "tokens_per_s": round(tokens / span, 1) if span > 0 else 0.0,
+        "ttft_ms": {"p50": ms(percentile(ttft, 50)), "p90": ms(percentile(ttft, 90)), "p99": ms(percentile(ttft, 99))},
+        "tbt_ms": {
+            "p50": ms(percentile(tbt, 50)),
+            "p90": ms(percentile(tbt, 90)),
+            "p99": ms(percentile(tbt, 99)),
+            "mean": ms(sum(tbt) / len(tbt)) if tbt else None,
+            "samples": len(tbt),
+        },
+        "request_per_token_ms": {
+            "p50": ms(percentile(per_token, 50)),
+            "p90": ms(percentile(per_token, 90)),
+            "p99": ms(percentile(per_token, 99)),
+        },
+    }

@@ -1,0 +1,141 @@
+"""The stack `tokenpool bench serve` measures: nats-server, router, one gpu_worker and the gateway.
+
+    with ServeStack(run_dir, model_path, "demo-llama", worker_args=[...]) as stack:
+        stack.wait_healthy(120)
+        ...  # HTTP on stack.base_url
+
+Each service is a real process (`python -m services.<name>`) on loopback ports, logging to a
+file in `run_dir`. Children run in their own session (a Ctrl-C reaches only the benchmark,
+which then stops them in order) and get SIGTERM if the benchmark process dies.
+Leaving the `with` stops every process: SIGTERM, then SIGKILL after a grace period.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from shared.nats_server import NatsServer, free_port
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def write_catalog(path: Path, model: str, model_path: Path) -> Path:
+    """A catalog with the one benchmarked model, so that the gateway loads one tokenizer."""
+    lines = ["[slo_classes.default]", "ttft_s = 10.0", "tbt_s = 0.1", ""]
+    lines += ["[[models]]", f"name = {json.dumps(model)}", f"path = {json.dumps(str(model_path))}", ""]
+    path.write_text("\n".join(lines))
+    return path
+
+
+class ServeStack:
+    def __init__(
+        self,
+        run_dir: Path,
+        model: str,
+        model_path: Path,
+        worker_args: list[str],
+        router_args: list[str],
+        grace_s: float = 15.0,
+    ):
+        self.run_dir = Path(run_dir)
+        self.catalog = write_catalog(self.run_dir / "catalog.toml", model, model_path)
+        self.model = model
+        self.worker_args = worker_args
+        self.router_args = router_args
+        self.grace_s = grace_s
+        self.port = free_port()
+        self.nats = NatsServer(self.run_dir / "nats")
+        self.processes: dict[str, subprocess.Popen] = {}
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> ServeStack:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self.nats.start()
+        common = ["--nats", self.nats.url, "--catalog", str(self.catalog), "--log-level", "WARNING"]
+        self._spawn("router", "services.router", *common, *self.router_args)
+        self._spawn("worker", "services.gpu_worker", *common, "--worker-id", "bench-worker", *self.worker_args)
+        self._spawn("gateway", "services.gateway", *common, "--host", "127.0.0.1", "--port", str(self.port))
+
+    def _spawn(self, name: str, module: str, *args: str) -> None:
+        log = open(self.run_dir / f"{name}.log", "ab")
+        env = os.environ | {"PYTHONUNBUFFERED": "1"}
+        try:
+            self.processes[name] = subprocess.Popen(
+                [sys.executable, "-m", module, *args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        finally:
+            log.close()
+
+    def log_tail(self, name: str, chars: int = 3000) -> str:
+        path = self.run_dir / f"{name}.log"
+        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+    def health(self) -> tuple[int, dict]:
+        try:
+            with urllib.request.urlopen(self.base_url + "/health", timeout=2) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, {}
+        except (OSError, ValueError):
+            return 0, {}
+
+    def wait_healthy(self, timeout_s: float) -> None:
+        """Until /health says a router and a worker serve; raises if a service exits or time runs out."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            status, body = self.health()
+            if status == 200 and body.get("workers"):
+                return
+            for name, process in self.processes.items():
+                if process.poll() is not None:
+                    raise RuntimeError(f"{name} exited with status {process.returncode}:\n{self.log_tail(name)}")
+            time.sleep(0.2)
+        logs = "\n".join(f"--- {name}\n{self.log_tail(name, 1500)}" for name in self.processes)
+        raise TimeoutError(f"the stack was not healthy after {timeout_s:g} s\n{logs}")
+
+    def stop(self) -> None:
+        """Gateway first, nats-server last; SIGKILL for whatever outlives the grace period."""
+        order = [self.processes[n] for n in ("gateway", "worker", "router") if n in self.processes]
+        for process in order:
+            if process.poll() is None:
+                process.terminate()
+        deadline = time.monotonic() + self.grace_s
+        for process in order:
+            try:
+                process.wait(max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.nats.stop()
