@@ -49,3 +49,15 @@ def test_generate_command_reports_bad_input_in_one_line(model_store):
     assert "Traceback" not in unknown.stderr
     bad_temp = subprocess.run(base + ["--model", "demo-llama", "--temperature", "-1"], capture_output=True, text=True, timeout=120)
     assert bad_temp.returncode == 2 and "temperature=-1.0 is invalid" in bad_temp.stderr
+
+
+def test_sharded_checkpoint_loads_like_a_single_file(model_store, tmp_path, prompt_ids, hf_greedy):
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(str(model_store.path("demo-qwen2")), dtype=torch.float32)
+    hf.save_pretrained(tmp_path / "sharded", max_shard_size="20MB")
+    assert len(list((tmp_path / "sharded").glob("*.safetensors"))) >= 3
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").exists()
+    engine = Engine(small_config(), {"sharded": tmp_path / "sharded"})
+    done = run_to_completion(engine, [EngineRequest("r", "sharded", prompt_ids[4], GREEDY)])
+    assert done["r"].token_ids == hf_greedy("demo-qwen2")[4]

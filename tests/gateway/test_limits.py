@@ -23,7 +23,7 @@ async def test_no_token_for_stall_timeout_is_504_and_cancels(make_gateway, route
             status, _, body = await post(http, gw, {"prompt": marker, "stream": stream})
             assert status == 504
             assert body["error"]["type"] == "timeout_error" and "no token arrived for 0.5 s" in body["error"]["message"]
-            request = echo_worker.find(marker)
+            request = await eventually(lambda: echo_worker.find(marker))
             assert (await eventually(lambda: echo_worker.cancelled(request.id))).reason == "stalled"
 
 
