@@ -64,3 +64,29 @@ def inject(headers: dict[str, str] | None = None, context: otel_context.Context 
 
 def extract(headers: Mapping[str, str] | None) -> otel_context.Context:
     return _PROPAGATOR.extract(dict(headers or {}))
+
+
+class SpanBook:
+    """Open spans by key (a request id), each ended exactly once; their context travels on."""
+
+    def __init__(self):
+        self._spans: dict[str, trace.Span] = {}
+
+    def start(self, key: str, name: str, headers: Mapping[str, str] | None = None, **attributes) -> None:
+        if key in self._spans:
+            return
+        span = tracer().start_span(name, context=extract(headers), attributes=attributes)
+        self._spans[key] = span
+
+    def headers(self, key: str, headers: dict[str, str] | None = None) -> dict[str, str]:
+        """`headers` plus the traceparent of key's span (or no traceparent when there is none)."""
+        span = self._spans.get(key)
+        if span is None:
+            return dict(headers or {})
+        return inject(headers, trace.set_span_in_context(span))
+
+    def end(self, key: str, **attributes) -> None:
+        span = self._spans.pop(key, None)
+        if span is not None:
+            span.set_attributes(attributes)
+            span.end()

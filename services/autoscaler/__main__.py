@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ from services.autoscaler.config import AutoscalerConfig
 from services.autoscaler.service import AutoscalerService
 from services.autoscaler.sizes import model_sizes
 from shared import env
+from shared.service_main import run_service, setup_logging
 from shared.catalog import CatalogError, load_catalog
 
 
@@ -52,7 +52,7 @@ async def serve(config: AutoscalerConfig, sizes: dict[str, int]) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        logging.basicConfig(level=log_level(args.log_level), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        setup_logging(args.log_level)
         config = AutoscalerConfig(
             nats=args.nats,
             catalog=args.catalog,
@@ -65,28 +65,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        run(serve(config, sizes))
+        run_service("autoscaler", serve(config, sizes))
     except (OSError, nats.errors.NoServersError) as e:
         print(f"error: cannot reach NATS at {config.nats}: {e}", file=sys.stderr)
         return 1
     return 0
-
-
-def log_level(flag: str | None) -> int:
-    if flag is None:
-        return env.log_level()
-    if flag.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise ValueError(f"--log-level {flag!r}: use DEBUG, INFO, WARNING or ERROR")
-    return logging.getLevelName(flag.upper())
-
-
-def run(coro) -> None:
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(coro)
-    else:
-        uvloop.run(coro)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ import nats.errors
 from services.router.config import PolicyConfig, RouterConfig, ScoreWeights
 from services.router.service import RouterService
 from shared import env
+from shared.service_main import run_service, setup_logging
 from shared.catalog import Catalog, CatalogError, load_catalog
 
 
@@ -84,35 +84,18 @@ async def serve(config: RouterConfig, catalog: Catalog) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        logging.basicConfig(level=log_level(args.log_level), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        setup_logging(args.log_level)
         config = build_config(args)
         catalog = load_catalog(config.catalog, env.model_store())
     except (ValueError, CatalogError, env.EnvError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        run(serve(config, catalog))
+        run_service("router", serve(config, catalog))
     except (OSError, nats.errors.NoServersError) as e:
         print(f"error: cannot reach NATS at {config.nats}: {e}", file=sys.stderr)
         return 1
     return 0
-
-
-def log_level(flag: str | None) -> int:
-    if flag is None:
-        return env.log_level()
-    if flag.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise ValueError(f"--log-level {flag!r}: use DEBUG, INFO, WARNING or ERROR")
-    return logging.getLevelName(flag.upper())
-
-
-def run(coro) -> None:
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(coro)
-    else:
-        uvloop.run(coro)
 
 
 if __name__ == "__main__":

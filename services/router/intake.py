@@ -71,6 +71,10 @@ class RequestIntake:
             requests.append(request)
         return requests
 
+    def headers(self, request_id: str) -> dict[str, str]:
+        msgs = self._held.get(request_id)
+        return dict(msgs[0].headers or {}) if msgs else {}
+
     @property
     def held(self) -> list[str]:
         return list(self._held)

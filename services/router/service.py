@@ -24,6 +24,7 @@ from services.router.decisions import Assign, Cancel, Decision, Done, Prefetch, 
 from services.router.intake import RequestIntake
 from services.router.policy import RouterPolicy
 from shared import bus, subjects
+from shared.tracing import SpanBook
 from shared.catalog import Catalog
 from shared.metrics import Registry
 from shared.protocol import (
@@ -51,6 +52,7 @@ class RouterService:
         self._nc = None
         self._intake: RequestIntake | None = None
         self._tasks: list[asyncio.Task] = []
+        self._spans = SpanBook()
 
     async def __aenter__(self) -> RouterService:
         c = self.config
@@ -99,6 +101,7 @@ class RouterService:
                 continue
             for request in requests:
                 self._events.inc(event="request")
+                self._spans.start(request.id, "router.queue", self._intake.headers(request.id), model=request.model)
                 try:
                     await self._execute(self.policy.submit(request, self.clock()))
                 except Exception:  # noqa: BLE001 - one bad request must not stop the intake
@@ -142,15 +145,20 @@ class RouterService:
         publish = self._nc.publish
         if isinstance(d, Assign):
             log.debug("assign %s to %s (resume %d tokens)", d.request.id, d.worker_id, len(d.resume_token_ids))
-            await publish(subjects.worker_commands(d.worker_id), encode(AssignRequest(d.request, d.resume_token_ids)))
+            headers = self._spans.headers(d.request.id)
+            self._spans.end(d.request.id, worker=d.worker_id, resumed_tokens=len(d.resume_token_ids))
+            message = encode(AssignRequest(d.request, d.resume_token_ids))
+            await publish(subjects.worker_commands(d.worker_id), message, headers=headers or None)
         elif isinstance(d, Reject):
             log.info("reject %s: %s %s", d.request.id, d.error.code, d.error.message)
+            self._spans.end(d.request.id, error=d.error.code)
             chunk = TokenChunk(d.request.id, d.index, error=d.error)
             await self._guard(publish(d.request.token_subject, encode(chunk)), f"error chunk for {d.request.id}")
             await self._intake.ack(d.request.id)
         elif isinstance(d, Cancel):
             await publish(subjects.worker_commands(d.worker_id), encode(CancelAssignment(d.request_id)))
         elif isinstance(d, Done):
+            self._spans.end(d.request_id)
             await self._intake.ack(d.request_id)
         elif isinstance(d, Prefetch):
             await publish(subjects.worker_commands(d.worker_id), encode(PrefetchModel(d.model)))

@@ -1,0 +1,32 @@
+"""What every service's `main` does the same way: logging, tracing, the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+from shared import env
+from shared.tracing import setup_tracing, shutdown_tracing
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def setup_logging(flag: str | None) -> None:
+    """Uses --log-level when given, else TOKENPOOL_LOG_LEVEL; raises env.EnvError for a bad name."""
+    level = env.log_level({env.LOG_LEVEL: flag} if flag else os.environ)
+    logging.basicConfig(level=level, format=LOG_FORMAT)
+
+
+def run_service(name: str, coro) -> None:
+    """Runs the service's coroutine on uvloop when it is installed, with tracing set up around it."""
+    setup_tracing(name)
+    try:
+        try:
+            import uvloop
+        except ImportError:
+            asyncio.run(coro)
+        else:
+            uvloop.run(coro)
+    finally:
+        shutdown_tracing()
