@@ -6,8 +6,8 @@
 One run: (1) the engine alone in this process (`bench_serve_engine`), then (2) its own stack
 on loopback ports (nats-server, router, one gpu_worker with the same engine, gateway;
 `bench_serve_stack`) under a closed-loop streaming load (`bench_serve_load`). The figure of
-merit is bus_overhead_per_token_ms_p50 = p50 TBT through the stack - p50 per-token interval
-of the engine alone. Every process it starts is stopped on the way out, Ctrl-C included.
+merit is what the stack adds per token over the engine alone (bench_serve_report.METHOD says how).
+Every process it starts is stopped on the way out, Ctrl-C included.
 """
 
 from __future__ import annotations
@@ -24,18 +24,6 @@ from pathlib import Path
 PROMPT = (
     "Write a short story about a lighthouse keeper who finds a message in a bottle. "
     "The message is written in a language nobody in the village can read."
-)
-TARGET_OVERHEAD_MS = 2.0
-"""From the issue: at most 2 ms p50 added per token, 100 streams, echo engine, 2 CPU cores."""
-TARGET_STREAMS = 100
-METHOD = (
-    "bus_overhead_per_token_ms_p50 = stack.tbt_ms.p50 - engine_alone.per_token_ms.p50. stack TBT: gap between "
-    "consecutive text-carrying SSE events of one request as the HTTP client receives them (client in this process, "
-    "stack on loopback), requests started after warmup_s. engine_alone per-token interval: the same engine mode "
-    "and the same closed loop (streams requests at once, each finished one replaced) called directly in this "
-    "process, gap between consecutive tokens of one sequence. The difference is what gateway, router, worker "
-    "(engine thread hand-off, token publishing) and NATS add per token, plus the load generator's own parsing, "
-    "all sharing this machine's cores."
 )
 
 
@@ -74,6 +62,10 @@ def _check(args: argparse.Namespace) -> str | None:
         return "--echo-step-s must be >= 0 and only goes with --engine echo"
     if args.max_requests < 1:
         return f"--max-requests {args.max_requests}: must be at least 1"
+    if args.engine_duration_s is not None and not 0 < args.engine_duration_s <= 600:
+        return f"--engine-duration-s {args.engine_duration_s}: use more than 0 and at most 600 seconds"
+    if args.startup_timeout_s <= 0:
+        return f"--startup-timeout-s {args.startup_timeout_s}: must be positive"
     if args.warmup_s is not None and not 0 <= args.warmup_s < args.duration_s:
         return f"--warmup-s {args.warmup_s}: must be >= 0 and shorter than --duration-s"
     return None
@@ -111,6 +103,8 @@ def bench_serve(args: argparse.Namespace) -> int:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
+    from services.cli.bench_serve_report import format_report
+
     print(json.dumps(result, indent=2) if args.json else format_report(result))
     return 0
 
@@ -123,6 +117,7 @@ def _run(args, model_path: Path, tmp: Path, warmup_s: float, engine_s: float) ->
     import torch
 
     from services.cli.bench_serve_load import LoadSpec, run_load, summarize
+    from services.cli.bench_serve_report import build_report
     from services.cli.bench_serve_stack import ServeStack, write_catalog
     from services.gpu_worker.engine.bench import machine
     from shared.tokenizer import Tokenizer
@@ -144,9 +139,14 @@ def _run(args, model_path: Path, tmp: Path, warmup_s: float, engine_s: float) ->
     try:
         stack.start()
         stack.wait_healthy(args.startup_timeout_s)
-        _log(f"stack healthy at {stack.base_url}; {args.streams} streams x {args.tokens} tokens for {args.duration_s:g} s")
-        spec = LoadSpec(stack.base_url, args.model, PROMPT, args.streams, args.tokens, args.duration_s, args.max_requests)
+        _log(f"stack healthy at {stack.base_url}; {args.streams} streams x {args.tokens} tokens, {args.duration_s:g} s")
+        spec = LoadSpec(
+            stack.base_url, args.model, PROMPT, args.streams, args.tokens, args.duration_s, args.max_requests
+        )
+        cpu_before, self_before = stack.cpu_seconds(), _self_cpu()
         records = _run_async(run_load(spec))
+        cpu = {name: used - cpu_before.get(name, 0.0) for name, used in stack.cpu_seconds().items()}
+        cpu["load generator (this process)"] = _self_cpu() - self_before
     finally:
         _log("stopping the stack")
         interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
@@ -156,7 +156,14 @@ def _run(args, model_path: Path, tmp: Path, warmup_s: float, engine_s: float) ->
             signal.signal(signal.SIGINT, interrupt)
     info["loadavg_end"] = list(os.getloadavg())
     served = summarize(records, warmup_s)
-    return _report(args, info, prompt_ids, batch, warmup_s, engine_s, alone, served)
+    served["cpu_ms_per_token"] = {name: round(1000 * used / max(served["tokens"], 1), 4) for name, used in cpu.items()}
+    served["cpu_s"] = {name: round(used, 2) for name, used in cpu.items()}
+    return build_report(args, info, prompt_ids, batch, warmup_s, engine_s, alone, served)
+
+
+def _self_cpu() -> float:
+    t = os.times()
+    return t.user + t.system
 
 
 def _engine_alone(args, catalog_path: Path, prompt_ids, batch: int, engine_s: float):
@@ -184,69 +191,3 @@ def _run_async(coro):
     except ImportError:
         return asyncio.run(coro)
     return uvloop.run(coro)
-
-
-def _report(args, info, prompt_ids, batch, warmup_s, engine_s, alone, served) -> dict:
-    from services.cli.bench_serve_load import ms, percentile
-
-    tbt = alone.intervals_s
-    engine = {
-        "sequences": args.streams,
-        "requests": alone.requests,
-        "tokens": alone.tokens,
-        "elapsed_s": round(alone.elapsed_s, 3),
-        "tokens_per_s": round(alone.tokens / alone.elapsed_s, 1) if alone.elapsed_s else 0.0,
-        "per_token_ms": {
-            "p50": ms(percentile(tbt, 50)), "p90": ms(percentile(tbt, 90)), "p99": ms(percentile(tbt, 99)),
-            "mean": ms(sum(tbt) / len(tbt)) if tbt else None, "samples": len(tbt),
-        },
-        "step_ms": {"p50": ms(percentile(alone.step_s, 50)), "p99": ms(percentile(alone.step_s, 99))},
-    }
-    overhead_p50 = _minus(served["tbt_ms"]["p50"], engine["per_token_ms"]["p50"])
-    overhead_mean = _minus(served["tbt_ms"]["mean"], engine["per_token_ms"]["mean"])
-    conditions = args.engine == "echo" and args.streams == TARGET_STREAMS and (info.get("cores_available") or 0) <= 2
-    return {
-        "config": {
-            "streams": args.streams, "tokens": args.tokens, "duration_s": args.duration_s, "engine": args.engine,
-            "model": args.model, "echo_step_s": args.echo_step_s, "warmup_s": warmup_s,
-            "engine_duration_s": engine_s, "prompt_tokens": len(prompt_ids), "worker_max_batch_size": batch,
-            "max_requests": args.max_requests,
-        },
-        "machine": info,
-        "stack": served,
-        "engine_alone": engine,
-        "bus_overhead_per_token_ms_p50": overhead_p50,
-        "bus_overhead_per_token_ms_mean": overhead_mean,
-        "target": {
-            "bus_overhead_per_token_ms_p50_max": TARGET_OVERHEAD_MS,
-            "conditions": f"{TARGET_STREAMS} streams, echo engine, 2 CPU cores",
-            "conditions_match": conditions,
-        },
-        "target_met": overhead_p50 is not None and served["errors"] == 0 and overhead_p50 <= TARGET_OVERHEAD_MS,
-        "method": METHOD,
-    }
-
-
-def _minus(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None else round(a - b, 3)
-
-
-def format_report(r: dict) -> str:
-    c, s, e = r["config"], r["stack"], r["engine_alone"]
-    lines = [
-        f"bench serve: {c['engine']} engine, {c['model']}, {c['streams']} streams x {c['tokens']} tokens, "
-        f"{c['duration_s']:g} s ({r['machine']['cores_available']} cores)",
-        f"  stack:        {s['requests']} requests, {s['errors']} errors, {s['tokens_per_s']} tok/s; "
-        f"TTFT p50 {s['ttft_ms']['p50']} ms p99 {s['ttft_ms']['p99']} ms; "
-        f"TBT p50 {s['tbt_ms']['p50']} ms p99 {s['tbt_ms']['p99']} ms mean {s['tbt_ms']['mean']} ms",
-        f"  engine alone: {e['tokens_per_s']} tok/s; per-token p50 {e['per_token_ms']['p50']} ms "
-        f"p99 {e['per_token_ms']['p99']} ms mean {e['per_token_ms']['mean']} ms",
-        f"  bus overhead per token: p50 {r['bus_overhead_per_token_ms_p50']} ms, "
-        f"mean {r['bus_overhead_per_token_ms_mean']} ms "
-        f"(target <= {r['target']['bus_overhead_per_token_ms_p50_max']} ms p50: "
-        f"{'met' if r['target_met'] else 'not met'}"
-        f"{'' if r['target']['conditions_match'] else '; this run is not under the target conditions'})",
-    ]
-    if s["errors_by_kind"]:
-        lines.append(f"  errors: {s['errors_by_kind']}")
-    return "\n".join(lines)

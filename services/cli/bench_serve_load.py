@@ -7,9 +7,11 @@ Each of `streams` clients POSTs a streaming /v1/completions (ignore_eos, so ever
 yields exactly `tokens` tokens), reads it to the end, and sends its next request at once,
 until `duration_s` has passed or `max_requests` were sent. A client stamps the arrival of
 every SSE event that carries text: TTFT is request start to the first one, TBT each gap
-between consecutive ones of the same request. request_per_token_ms is a request's whole
-latency divided by its tokens: unlike TBT it cannot look small when a backlog delivers a
-request's tokens in one burst after a long wait for the first.
+between consecutive ones of the same request (an event can carry several tokens when the
+stack coalesced them: tokens_per_chunk). TPOT is a request's per-token interval after its
+first token: (last event - first event) / (tokens - 1). request_per_token_ms is its whole
+latency divided by its tokens: unlike TBT and TPOT it cannot look small when a backlog
+delivers a request's tokens in one burst after a long wait for the first.
 """
 
 from __future__ import annotations
@@ -136,7 +138,9 @@ def summarize(records: list[RequestRecord], warmup_s: float) -> dict:
     measured = [r for r in done if r.started >= warmup_s]
     ttft = [r.ttft_s for r in measured if r.ttft_s is not None]
     tbt = [x for r in measured for x in r.tbt_s]
+    tpot = [sum(r.tbt_s) / (r.tokens - 1) for r in measured if r.tokens > 1 and r.ttft_s is not None]
     per_token = [(r.ended - r.started) / r.tokens for r in measured if r.tokens]
+    events = sum(len(r.tbt_s) + 1 for r in measured if r.ttft_s is not None)
     span = max((r.ended for r in records), default=0.0)
     tokens = sum(r.tokens for r in done)
     errors: dict[str, int] = {}
@@ -159,7 +163,9 @@ def summarize(records: list[RequestRecord], warmup_s: float) -> dict:
             "p99": ms(percentile(tbt, 99)),
             "mean": ms(sum(tbt) / len(tbt)) if tbt else None,
             "samples": len(tbt),
+            "tokens_per_chunk": round(sum(r.tokens for r in measured) / events, 2) if events else None,
         },
+        "tpot_ms": {"p50": ms(percentile(tpot, 50)), "p90": ms(percentile(tpot, 90)), "p99": ms(percentile(tpot, 99))},
         "request_per_token_ms": {
             "p50": ms(percentile(per_token, 50)),
             "p90": ms(percentile(per_token, 90)),

@@ -5,8 +5,9 @@
         ...  # HTTP on stack.base_url
 
 Each service is a real process (`python -m services.<name>`) on loopback ports, logging to a
-file in `run_dir`. Children run in their own session (a Ctrl-C reaches only the benchmark,
-which then stops them in order) and get SIGTERM if the benchmark process dies.
+file in `run_dir`. The services run in their own session (a Ctrl-C reaches only the
+benchmark, which then stops them in order) and get SIGTERM if the benchmark process dies
+(nats-server, started by shared.nats_server, does not).
 Leaving the `with` stops every process: SIGTERM, then SIGKILL after a grace period.
 """
 
@@ -124,6 +125,21 @@ class ServeStack:
             time.sleep(0.2)
         logs = "\n".join(f"--- {name}\n{self.log_tail(name, 1500)}" for name in self.processes)
         raise TimeoutError(f"the stack was not healthy after {timeout_s:g} s\n{logs}")
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """User + system CPU time each live process has used so far (from /proc), nats-server included."""
+        pids = {name: p.pid for name, p in self.processes.items()}
+        if self.nats.process is not None:
+            pids["nats-server"] = self.nats.process.pid
+        ticks = os.sysconf("SC_CLK_TCK")
+        used = {}
+        for name, pid in pids.items():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # exited, or no /proc here
+            used[name] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+        return used
 
     def stop(self) -> None:
         """Gateway first, nats-server last; SIGKILL for whatever outlives the grace period."""

@@ -54,12 +54,23 @@ async def _updates(
     core: GatewayCore, model: ServedModel, feed: TokenFeed, text: TextStream, started: float
 ) -> AsyncIterator[Update]:
     last = None
+    held = None  # an error that arrived in a batch: it goes out after the tokens before it
     while True:
-        update = text.push(await feed.next_chunk())
+        update, held = held or text.push(await feed.next_chunk()), None
+        # Chunks that queued up behind this one go out with it: one SSE event and one socket
+        # write for the lot instead of one per token, which is what lets a busy gateway catch up.
+        while not update.finished and (chunk := feed.ready_chunk()) is not None:
+            later = text.push(chunk)
+            if later.error is not None:
+                held = later
+                break
+            update.extend(later)
         if update.token_ids:
             now = core.clock()
             if last is None:
                 core.metrics.ttft.observe(now - started, model=model.name)
+                if len(update.token_ids) > 1:  # tokens that came with the first arrived together
+                    core.metrics.token_latency.observe(0.0, model=model.name)
             else:
                 core.metrics.token_latency.observe((now - last) / len(update.token_ids), model=model.name)
             last = now
@@ -105,14 +116,17 @@ async def _stream(
             chosen = None
             if spec.logprobs and update.token_ids:
                 chosen = head.logprobs(update.token_ids, update.logprobs, model.token_text, sent_chars)
+            events = []  # written at once: one socket write per update
             if update.text or chosen:
-                await response.write(sse(head.delta_chunk(update.text, None, chosen)))
+                events.append(sse(head.delta_chunk(update.text, None, chosen)))
                 sent_chars += len(update.text)
             if update.finish_reason is not None:
-                await response.write(sse(head.delta_chunk("", update.finish_reason, None)))
+                events.append(sse(head.delta_chunk("", update.finish_reason, None)))
                 if spec.include_usage:
-                    await response.write(sse(head.usage_chunk(update.usage)))
-        await response.write(DONE)
+                    events.append(sse(head.usage_chunk(update.usage)))
+                events.append(DONE)
+            if events:
+                await response.write(b"".join(events))
     except ApiError as e:
         if response is None:
             raise

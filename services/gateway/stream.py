@@ -118,6 +118,8 @@ class StopTrimmer:
         self.hit = False
 
     def feed(self, text: str, final: bool = False) -> str:
+        if not self.stop:
+            return text
         if self.hit:
             return ""
         pending = self._pending + text
@@ -152,6 +154,14 @@ class Update:
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None or self.error is not None
+
+    def extend(self, later: Update) -> None:
+        """Appends the update that came right after this one (this one must not be finished)."""
+        self.text += later.text
+        self.token_ids += later.token_ids
+        self.logprobs += later.logprobs
+        self.finish_reason, self.usage, self.error = later.finish_reason, later.usage, later.error
+        self.stopped_early = later.stopped_early
 
 
 class TextStream:

@@ -35,18 +35,33 @@ class TokenFeed:
     async def next_chunk(self) -> TokenChunk:
         """The next chunk; a 504 ApiError when none comes within the stall timeout."""
         while True:
-            try:
-                async with asyncio.timeout(self.stall_timeout_s):
-                    data = await self._queue.get()
-            except TimeoutError:
-                self.cancel_reason = "stalled"
-                raise api_error(
-                    504, f"no token arrived for {self.stall_timeout_s:g} s; the request was cancelled"
-                ) from None
-            try:
-                return decode(data, TokenChunk)
-            except ProtocolError as e:
-                log.warning("request %s: dropping an unreadable token message: %s", self.request_id, e)
+            if self._queue.empty():  # only a wait needs the (costly) timeout
+                try:
+                    async with asyncio.timeout(self.stall_timeout_s):
+                        data = await self._queue.get()
+                except TimeoutError:
+                    self.cancel_reason = "stalled"
+                    raise api_error(
+                        504, f"no token arrived for {self.stall_timeout_s:g} s; the request was cancelled"
+                    ) from None
+            else:
+                data = self._queue.get_nowait()
+            if (chunk := self._decode(data)) is not None:
+                return chunk
+
+    def ready_chunk(self) -> TokenChunk | None:
+        """A chunk that has already arrived, without waiting; None when there is none."""
+        while not self._queue.empty():
+            if (chunk := self._decode(self._queue.get_nowait())) is not None:
+                return chunk
+        return None
+
+    def _decode(self, data: bytes) -> TokenChunk | None:
+        try:
+            return decode(data, TokenChunk)
+        except ProtocolError as e:
+            log.warning("request %s: dropping an unreadable token message: %s", self.request_id, e)
+            return None
 
 
 class Upstream:

@@ -15,9 +15,9 @@ import signal
 import time
 
 from services.gpu_worker import commands as cmd
-from services.gpu_worker.engine_thread import EngineThread
-
+from services.gpu_worker.coalesce import coalesce
 from services.gpu_worker.config import WorkerConfig, build_engine, plan_engine, served_models
+from services.gpu_worker.engine_thread import EngineThread
 from services.gpu_worker.gpu_metrics import read_gpu_metrics
 from services.gpu_worker.reporter import worker_state
 from shared import bus, subjects
@@ -192,20 +192,29 @@ class GpuWorker:
 
     async def _publish_outboxes(self) -> None:
         state_due = False
-        while (outbox := await self._outboxes.get()) is not None:
-            for subject, chunk in outbox.chunks:
+        ended = False
+        while not ended:
+            # Outboxes that queued up while the previous ones were sent go out together, each
+            # request's waiting tokens in one message (coalesce); none is held back for that.
+            outboxes = [await self._outboxes.get()]
+            while not self._outboxes.empty():
+                outboxes.append(self._outboxes.get_nowait())
+            if None in outboxes:  # the end: the thread has stopped and handed over everything
+                outboxes, ended = outboxes[: outboxes.index(None)], True
+            for subject, chunk in coalesce([c for outbox in outboxes for c in outbox.chunks]):
                 try:
                     await self.nc.publish(subject, encode(chunk))
                 except Exception as e:  # a full reconnect buffer must not stop the other requests
                     log.error("could not publish a token of %s: %s", chunk.request_id, e)
-            if outbox.snapshot is not None:
-                self.snapshot = outbox.snapshot
-            if outbox.fatal:
-                self._fatal = outbox.fatal
-                self.stop()
-            if outbox.changed or outbox.fatal:
-                self._changed.set()
-                state_due = True
+            for outbox in outboxes:
+                if outbox.snapshot is not None:
+                    self.snapshot = outbox.snapshot
+                if outbox.fatal:
+                    self._fatal = self._fatal or outbox.fatal
+                    self.stop()
+                if outbox.changed or outbox.fatal:
+                    self._changed.set()
+                    state_due = True
             # One report for a burst of changes that queued up while tokens were being sent.
             if state_due and self._outboxes.empty():
                 await self._publish_state()
