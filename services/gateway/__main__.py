@@ -13,15 +13,13 @@ stops it: it stops listening, lets open requests finish, and drains NATS.
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import os
 import sys
 
 from services.gateway.config import build_parser, config_from_args
 from services.gateway.models import ModelSetupError
 from services.gateway.service import Gateway
 from shared import env
+from shared.service_main import run_service, setup_logging
 from shared.catalog import CatalogError
 
 
@@ -33,19 +31,13 @@ async def _serve(config) -> None:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        level = env.log_level({env.LOG_LEVEL: args.log_level} if args.log_level else os.environ)
-        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        setup_logging(args.log_level)
         config = config_from_args(args)
     except (ValueError, env.EnvError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        import uvloop
-    except ImportError:
-        uvloop = None
-    runner = uvloop.run if uvloop is not None else asyncio.run
-    try:
-        runner(_serve(config))
+        run_service("gateway", _serve(config))
     except (CatalogError, ModelSetupError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -15,6 +15,7 @@ from services.gateway.responses import DONE, ResponseHead, new_request_id, sse
 from services.gateway.stream import TextStream, Update
 from services.gateway.upstream import TokenFeed, error_from_info
 from shared import subjects
+from shared.tracing import tracer
 from shared.protocol import GenerateRequest, Sampling
 
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -43,11 +44,13 @@ async def serve_generation(request: web.Request, core: GatewayCore, spec: Genera
         head.id, model.name, prompt, sampling, subjects.tokens(head.id), model.entry.slo_class, time.time()
     )
     text = TextStream(model.tokenizer, spec.stop, prompt)
-    async with core.upstream.generate(generate) as feed:
-        updates = _updates(core, model, feed, text, started)
-        if spec.stream:
-            return await _stream(request, core, spec, head, model, updates)
-        return await _collect(spec, head, model, updates)
+    attributes = {"request.id": head.id, "model": model.name, "endpoint": spec.endpoint, "stream": spec.stream}
+    with tracer().start_as_current_span("gateway.request", attributes=attributes):
+        async with core.upstream.generate(generate) as feed:
+            updates = _updates(core, model, feed, text, started)
+            if spec.stream:
+                return await _stream(request, core, spec, head, model, updates)
+            return await _collect(spec, head, model, updates)
 
 
 async def _updates(

@@ -14,6 +14,7 @@ from nats.js.errors import Error as JetStreamError
 from services.gateway.errors import ApiError, api_error
 from shared import subjects
 from shared.protocol import CancelRequest, ErrorInfo, GenerateRequest, ProtocolError, TokenChunk, decode, encode
+from shared.tracing import inject
 
 log = logging.getLogger("tokenpool.gateway.upstream")
 
@@ -100,7 +101,7 @@ class Upstream:
                 subjects.REQUEST_SUBMIT,
                 encode(request),
                 timeout=self.submit_timeout_s,
-                headers={"Nats-Msg-Id": request.id},
+                headers=inject({"Nats-Msg-Id": request.id}),
             )
         except (nats.errors.Error, JetStreamError, asyncio.TimeoutError) as e:
             log.warning("request %s: JetStream did not accept it: %r", request.id, e)

@@ -14,8 +14,6 @@ finish, the rest fail with 503 "worker shutting down". Exit status 2 on a config
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
 import re
 import sys
 from pathlib import Path
@@ -24,6 +22,7 @@ from services.gpu_worker.config import ENGINES, WorkerConfig
 from services.gpu_worker.engine.errors import EngineError
 from services.gpu_worker.service import GpuWorker, WorkerError
 from shared import env
+from shared.service_main import run_service, setup_logging
 from shared.catalog import CatalogError
 
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 << 20, "mb": 10**6, "mib": 1 << 20,
@@ -94,22 +93,13 @@ async def serve(config: WorkerConfig) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        level = logging.getLevelName(args.log_level.upper()) if args.log_level else env.log_level()
-        if not isinstance(level, int):
-            raise env.EnvError(f"--log-level {args.log_level!r}: use DEBUG, INFO, WARNING or ERROR")
-        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        setup_logging(args.log_level)
         config = config_from_args(args)
     except (ValueError, env.EnvError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    try:
-        runner(serve(config))
+        run_service("gpu_worker", serve(config))
     except (CatalogError, EngineError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

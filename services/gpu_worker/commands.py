@@ -14,6 +14,8 @@ from shared.protocol import AssignRequest, ErrorInfo, TokenChunk
 @dataclass(frozen=True)
 class Assign:
     msg: AssignRequest
+    headers: dict | None = None
+    """NATS headers of the command, carrying the W3C trace context."""
 
 
 @dataclass(frozen=True)

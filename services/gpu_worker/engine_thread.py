@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from shared.tracing import SpanBook, tracer
 from services.gpu_worker import multiplexer
 from services.gpu_worker.assignments import (
     Assignment,
@@ -71,6 +72,8 @@ class EngineThread:
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
         self._engine: Engine | None = None
         self._requests: dict[str, Assignment] = {}
+        self._spans = SpanBook()
+        self._prefilling: set[str] = set()
         self._turn = multiplexer.Turn(None)
         self._ready = False
         self._pending = _Pending()
@@ -155,7 +158,7 @@ class EngineThread:
 
     def _apply(self, command: Command) -> None:
         if isinstance(command, Assign):
-            self._assign(command.msg)
+            self._assign(command.msg, command.headers)
         elif isinstance(command, Cancel):
             self._cancel(command.request_id)
         elif isinstance(command, Prefetch):
@@ -165,7 +168,7 @@ class EngineThread:
         elif isinstance(command, FailAll):
             self._fail_all(command.error)
 
-    def _assign(self, msg: AssignRequest) -> None:
+    def _assign(self, msg: AssignRequest, headers: dict | None = None) -> None:
         a = assignment(msg)
         if a.request_id in self._requests:
             log.warning("request %s is already running here; ignoring the repeated assignment", a.request_id)
@@ -182,10 +185,13 @@ class EngineThread:
             self._emit(a, error_chunk(a, error_info(e), self._worker_id))
             return
         self._requests[a.request_id] = a
+        self._spans.start(a.request_id, "worker.prefill", headers, model=a.model, resumed_tokens=a.resumed)
+        self._prefilling.add(a.request_id)
         self._pending.changed = True
         log.debug("request %s: %s, %d prompt + %d resumed tokens", a.request_id, a.model, a.prompt_tokens, a.resumed)
 
     def _cancel(self, request_id: str) -> None:
+        self._end_spans(request_id, outcome="cancelled")
         self._engine.abort(request_id)
         if self._requests.pop(request_id, None) is not None:
             self._pending.changed = True
@@ -215,6 +221,7 @@ class EngineThread:
         """Drops every request without a word to its client: once this worker falls silent the
         router re-assigns them with the tokens already produced, so the client sees no error."""
         for request_id in list(self._requests):
+            self._end_spans(request_id, outcome="released")
             self._engine.abort(request_id)
             del self._requests[request_id]
         self._pending.changed = True
@@ -228,6 +235,7 @@ class EngineThread:
             self._fail(request_id, error)
 
     def _fail(self, request_id: str, error: ErrorInfo) -> None:
+        self._end_spans(request_id, outcome="failed", error=error.code)
         self._engine.abort(request_id)
         a = self._requests.pop(request_id)
         self._emit(a, error_chunk(a, error, self._worker_id))
@@ -260,7 +268,13 @@ class EngineThread:
             if a is None:
                 continue
             self._emit(a, token_chunk(a, out, self._worker_id))
+            if out.request_id in self._prefilling:
+                self._prefilling.discard(out.request_id)
+                parent = self._spans.headers(out.request_id)
+                self._spans.end(out.request_id)
+                self._spans.start(out.request_id, "worker.decode", parent, model=a.model)
             if out.finish_reason is not None:
+                self._end_spans(out.request_id, outcome=out.finish_reason, tokens=a.next_index)
                 log.debug("request %s finished (%s) after %d tokens", a.request_id, out.finish_reason, a.next_index)
                 del self._requests[out.request_id]
 
@@ -273,8 +287,13 @@ class EngineThread:
                     self._engine.swap_out(model=previous)
                 except EngineError as e:
                     log.warning("could not park %s's KV in host memory: %s", previous, e)
-        self._engine.activate(model)
+        with tracer().start_as_current_span("worker.model_switch", attributes={"from": previous or "", "to": model}):
+            self._engine.activate(model)
         self._pending.changed = True
+
+    def _end_spans(self, request_id: str, **attributes) -> None:
+        self._prefilling.discard(request_id)
+        self._spans.end(request_id, **attributes)
 
     def _sequences(self, model: str):
         for request_id, a in self._requests.items():

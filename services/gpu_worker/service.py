@@ -104,17 +104,19 @@ class GpuWorker:
         self._stop.set()
 
     async def __aexit__(self, *exc) -> None:
+        self._tasks[-1].cancel()  # the placement watch: it can take seconds to notice a cancel
         await self._drain()
         self._thread.submit(cmd.Stop())
         if not await asyncio.to_thread(self._thread.join, 30.0):
             log.error("the engine thread did not stop within 30 s (stuck in a step?)")
         await self._outboxes.put(None)  # the publisher ends after what the thread handed over
-        await asyncio.gather(self._tasks[0], return_exceptions=True)
+        await _within(asyncio.gather(self._tasks[0], return_exceptions=True), 10.0, "publishing the last tokens")
         for task in self._tasks[1:]:
             task.cancel()
-        await asyncio.gather(*self._tasks[1:], return_exceptions=True)
-        await self._publish_state()
-        await self.nc.drain()
+        await _within(asyncio.gather(*self._tasks[1:], return_exceptions=True), 5.0, "stopping the worker's tasks")
+        await _within(self._publish_state(), 2.0, "the last state report")
+        if not await _within(self.nc.drain(), 5.0, "draining the NATS connection"):
+            await self.nc.close()
 
     async def _drain(self) -> None:
         """Stops taking work; lets running requests finish for drain_timeout_s. What is left is
@@ -149,7 +151,7 @@ class GpuWorker:
             if not self.accepting:
                 log.info("not taking %s while shutting down; the router will move it", command.request.id)
                 return
-            self._thread.submit(cmd.Assign(command))
+            self._thread.submit(cmd.Assign(command, msg.headers))
         elif isinstance(command, CancelAssignment):
             self._thread.submit(cmd.Cancel(command.request_id))
         else:
@@ -158,7 +160,9 @@ class GpuWorker:
     async def _watch_placement(self) -> None:
         """Follows the autoscaler's placement; without JetStream the worker serves without one."""
         backoff = 1.0
-        while True:
+        # nats-py can turn a cancellation inside a JetStream call into another error, so the
+        # loop also checks the stop flag instead of relying on CancelledError alone.
+        while not self._stop.is_set():
             watcher = None
             try:
                 kv = await bus.placement_bucket(self.nc)
@@ -170,6 +174,8 @@ class GpuWorker:
             except asyncio.CancelledError:
                 raise
             except Exception as e:
+                if self._stop.is_set():
+                    return
                 log.warning("placement watch failed (%s); retrying in %.0f s", e, backoff)
             finally:
                 if watcher is not None:
@@ -237,7 +243,17 @@ class GpuWorker:
 
 
 async def _stop_watcher(watcher) -> None:
+    # nats-py's KV watcher can wait forever on its unsubscribe when stopped mid-update.
     try:
-        await watcher.stop()
+        await asyncio.wait_for(watcher.stop(), 2.0)
     except Exception as e:
         log.debug("placement watcher stop: %s", e)
+
+
+async def _within(awaitable, timeout_s: float, what: str) -> bool:
+    try:
+        await asyncio.wait_for(awaitable, timeout_s)
+        return True
+    except TimeoutError:
+        log.warning("shutdown: %s took longer than %.0f s; going on without it", what, timeout_s)
+        return False
