@@ -211,8 +211,15 @@ def decode(data: bytes, *expected: type):
     return _from_wire(cls, values)
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
 def _fields_to_wire(obj) -> list:
-    return [_to_wire(getattr(obj, f.name)) for f in dataclasses.fields(obj)]
+    cls = type(obj)
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return [_to_wire(getattr(obj, name)) for name in names]
 
 
 def _to_wire(value):
