@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch (default) or echo: no compute, tokens echo the prompt (control-plane benchmarks)")
     p.add_argument("--echo-step-s", type=float, default=WorkerConfig.echo_step_s,
                    help="with --engine echo: seconds each step sleeps, standing in for a model (default 0)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for the engine's math (default: torch's)")
     p.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR (env TOKENPOOL_LOG_LEVEL)")
     return p
 
@@ -82,6 +83,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         drain_timeout_s=args.drain_timeout,
         engine=args.engine,
         echo_step_s=args.echo_step_s,
+        threads=args.threads,
     )
 
 

@@ -58,11 +58,14 @@ class WorkerConfig:
     min_turn_steps: int = 4
     """Steps a model keeps the engine before another model with work gets its turn."""
     drain_timeout_s: float = 10.0
-    """On SIGTERM, how long in-flight requests may run before they fail with 503."""
+    """On SIGTERM, how long in-flight requests may run before they are released to the router."""
     engine: str = "torch"
     """torch: the real engine; echo: no compute, tokens echo the prompt (to measure the control plane)."""
     echo_step_s: float = 0.0
     """With engine=echo, seconds each step sleeps to stand in for a model's step time."""
+    threads: int | None = None
+    """CPU threads the engine's math may use (torch.set_num_threads); None keeps torch's default.
+    On a small CPU host, fewer threads than cores leave room for the rest of the stack."""
 
     def __post_init__(self):
         if not _TOKEN_SAFE.match(self.worker_id):
@@ -92,6 +95,8 @@ class WorkerConfig:
             raise ValueError(f"drain_timeout_s must be >= 0, got {self.drain_timeout_s}")
         if self.engine not in ENGINES:
             raise ValueError(f"engine {self.engine!r} is not one of {', '.join(ENGINES)}; pass --engine torch or echo")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be at least 1, got {self.threads}; omit it for torch's default")
         if self.echo_step_s < 0:
             raise ValueError(f"echo_step_s must be >= 0 seconds, got {self.echo_step_s}")
         if self.echo_step_s and self.engine != "echo":
@@ -113,8 +118,12 @@ def build_engine(config: WorkerConfig, plan: EnginePlan):
         from services.gpu_worker.echo_engine import EchoEngine
 
         return EchoEngine(plan.paths, plan.engine.max_batch_size, config.echo_step_s)
+    import torch
+
     from services.gpu_worker.engine.engine import Engine
 
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
     return Engine(plan.engine, plan.paths)
 
 

@@ -34,6 +34,7 @@ def test_default_worker_id_is_a_valid_subject_token():
         (dict(min_turn_steps=0), "min_turn_steps must be at least 1"),
         (dict(report_interval_s=0), "report_interval_s must be positive"),
         (dict(nats=" "), "pass --nats"),
+        (dict(threads=0), "threads must be at least 1"),
     ],
 )
 def test_bad_config_says_what_to_fix(overrides, message):
