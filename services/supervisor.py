@@ -9,11 +9,14 @@ gateway first and nats-server last, and SIGKILL to whatever outlives the grace p
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,8 +27,20 @@ log = logging.getLogger("tokenpool.supervisor")
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
+    """For Popen's preexec_fn: the kernel sends the child SIGTERM when its parent dies."""
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def gateway_health(base_url: str) -> tuple[int, dict]:
+    """(HTTP status, JSON body) of the gateway's /health; (0, {}) when nothing answers."""
+    try:
+        with urllib.request.urlopen(base_url + "/health", timeout=2) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, {}
+    except (OSError, ValueError):
+        return 0, {}
 
 
 @dataclass(frozen=True)
@@ -66,7 +81,7 @@ class Child:
     log_path: Path | None = field(default=None, repr=False)
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.argv, preexec_fn=_die_with_parent)
+        self.process = subprocess.Popen(self.argv, preexec_fn=die_with_parent)
         log.info("started %s (pid %d)", self.name, self.process.pid)
 
     def alive(self) -> bool:

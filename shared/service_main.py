@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 
 from shared import env
 from shared.tracing import setup_tracing, shutdown_tracing
@@ -16,6 +17,15 @@ def setup_logging(flag: str | None) -> None:
     """Uses --log-level when given, else TOKENPOOL_LOG_LEVEL; raises env.EnvError for a bad name."""
     level = env.log_level({env.LOG_LEVEL: flag} if flag else os.environ)
     logging.basicConfig(level=level, format=LOG_FORMAT)
+
+
+async def until_stopped() -> None:
+    """Returns on the first SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
 
 
 def run_service(name: str, coro) -> None:

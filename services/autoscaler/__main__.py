@@ -12,8 +12,6 @@ of the catalog's models. Stops cleanly on SIGTERM or SIGINT.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
 import sys
 from pathlib import Path
 
@@ -23,7 +21,7 @@ from services.autoscaler.config import AutoscalerConfig
 from services.autoscaler.service import AutoscalerService
 from services.autoscaler.sizes import model_sizes
 from shared import env
-from shared.service_main import run_service, setup_logging
+from shared.service_main import run_service, setup_logging, until_stopped
 from shared.catalog import CatalogError, load_catalog
 
 
@@ -41,12 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def serve(config: AutoscalerConfig, sizes: dict[str, int]) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     async with AutoscalerService(config, sizes):
-        await stop.wait()
+        await until_stopped()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,24 +13,17 @@ Leaving the `with` stops every process: SIGTERM, then SIGKILL after a grace peri
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
+from services.supervisor import die_with_parent, gateway_health
 from shared.nats_server import NatsServer, free_port
 
-_PR_SET_PDEATHSIG = 1
 
-
-def _die_with_parent() -> None:
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def write_catalog(path: Path, model: str, model_path: Path) -> Path:
@@ -94,7 +87,7 @@ class ServeStack:
                 stdin=subprocess.DEVNULL,
                 env=env,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         finally:
             log.close()
@@ -104,13 +97,7 @@ class ServeStack:
         return path.read_text(errors="replace")[-chars:] if path.exists() else ""
 
     def health(self) -> tuple[int, dict]:
-        try:
-            with urllib.request.urlopen(self.base_url + "/health", timeout=2) as r:
-                return r.status, json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            return e.code, {}
-        except (OSError, ValueError):
-            return 0, {}
+        return gateway_health(self.base_url)
 
     def wait_healthy(self, timeout_s: float) -> None:
         """Until /health says a router and a worker serve; raises if a service exits or time runs out."""

@@ -7,7 +7,6 @@ import json
 import signal
 import sys
 import time
-import urllib.request
 from datetime import datetime
 from pathlib import Path
 
@@ -34,16 +33,8 @@ def _raise_stop(signum, frame):
     raise _Stop()
 
 
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url + "/health", timeout=1) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
 def up(args: argparse.Namespace) -> int:
-    from services.supervisor import Stack, StackConfig
+    from services.supervisor import Stack, StackConfig, gateway_health
 
     run_dir = args.run_dir or env.state_dir() / "runs" / datetime.now().strftime("%Y%m%d-%H%M%S")
     try:
@@ -67,7 +58,7 @@ def up(args: argparse.Namespace) -> int:
         stack.start()
         while True:
             stack.watch_once(time.monotonic())
-            if not announced and _healthy(stack.gateway_url):
+            if not announced and gateway_health(stack.gateway_url)[0] == 200:
                 announced = True
                 print(json.dumps({"status": "serving", "url": stack.gateway_url, "nats": stack.nats_url}), flush=True)
             time.sleep(0.5)

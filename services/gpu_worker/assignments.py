@@ -100,4 +100,3 @@ def error_info(exc: BaseException) -> ErrorInfo:
     return ErrorInfo(500, "server_error", f"{type(exc).__name__}: {exc}")
 
 
-SHUTTING_DOWN = ErrorInfo(503, "service_unavailable_error", "worker shutting down")

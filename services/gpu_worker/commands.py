@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.gpu_worker.engine.engine import EngineStats
-from shared.protocol import AssignRequest, ErrorInfo, TokenChunk
+from shared.protocol import AssignRequest, TokenChunk
 
 
 # ---- commands (asyncio -> thread) ---------------------------------------------------
@@ -36,16 +36,11 @@ class Place:
 
 
 @dataclass(frozen=True)
-class FailAll:
-    error: ErrorInfo
-
-
-@dataclass(frozen=True)
 class Stop:
     """Ends the loop; requests still held are released silently so that the router moves them."""
 
 
-Command = Assign | Cancel | Prefetch | Place | FailAll | Stop
+Command = Assign | Cancel | Prefetch | Place | Stop
 
 
 # ---- results (thread -> asyncio) ----------------------------------------------------

@@ -30,7 +30,6 @@ from services.gpu_worker.commands import (
     Assign,
     Cancel,
     Command,
-    FailAll,
     Outbox,
     Place,
     Prefetch,
@@ -165,8 +164,6 @@ class EngineThread:
             self._prefetch(command.model)
         elif isinstance(command, Place):
             self._place(command.models)
-        elif isinstance(command, FailAll):
-            self._fail_all(command.error)
 
     def _assign(self, msg: AssignRequest, headers: dict | None = None) -> None:
         a = assignment(msg)

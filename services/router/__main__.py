@@ -13,8 +13,6 @@ $TOKENPOOL_CATALOG (deploy/catalog.toml). Stops cleanly on SIGTERM or SIGINT.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
 import sys
 from pathlib import Path
 
@@ -23,7 +21,7 @@ import nats.errors
 from services.router.config import PolicyConfig, RouterConfig, ScoreWeights
 from services.router.service import RouterService
 from shared import env
-from shared.service_main import run_service, setup_logging
+from shared.service_main import run_service, setup_logging, until_stopped
 from shared.catalog import Catalog, CatalogError, load_catalog
 
 
@@ -73,12 +71,8 @@ def build_config(args: argparse.Namespace) -> RouterConfig:
 
 
 async def serve(config: RouterConfig, catalog: Catalog) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     async with RouterService(config, catalog):
-        await stop.wait()
+        await until_stopped()
 
 
 def main(argv: list[str] | None = None) -> int:

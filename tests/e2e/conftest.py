@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from services.supervisor import gateway_health
 from shared.nats_server import NatsServer, free_port
 
 MODELS = ("smollm2-135m-instruct", "demo-llama", "demo-qwen2")
@@ -84,13 +83,7 @@ class Stack:
         return self.start_service(worker_id, "services.gpu_worker", "--worker-id", worker_id, *extra)
 
     def health(self) -> tuple[int, dict]:
-        try:
-            with urllib.request.urlopen(self.base_url + "/health", timeout=2) as r:
-                return r.status, json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            return e.code, {}
-        except OSError:
-            return 0, {}
+        return gateway_health(self.base_url)
 
     def wait_healthy(self, timeout: float = 120.0, workers: int | None = None) -> None:
         deadline = time.monotonic() + timeout

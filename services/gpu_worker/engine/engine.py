@@ -114,23 +114,14 @@ class Engine:
         slot = self.slot(name)
         if slot.tier is Tier.DEVICE:
             return
-        self.load(name)
-        offset = self._allocate_weights(slot, keep={name, self.active})
-        dest = self.arena.weights[offset : offset + slot.layout.numel]
+        dest = self._place_in_arena(slot, keep={name, self.active})
         slot.pending_copy = self.copier.start(dest, slot.host)
-        slot.device_offset = offset
-        slot.model = DecoderModel(slot.cfg, slot.layout.views(dest), self.device)
 
     def activate(self, name: str) -> None:
         """Makes `name` the computing model, copying it in now if no prefetch did."""
         slot = self.slot(name)
         if slot.tier is not Tier.DEVICE:
-            self.load(name)
-            offset = self._allocate_weights(slot, keep={name})
-            dest = self.arena.weights[offset : offset + slot.layout.numel]
-            self.copier.copy(dest, slot.host)
-            slot.device_offset = offset
-            slot.model = DecoderModel(slot.cfg, slot.layout.views(dest), self.device)
+            self.copier.copy(self._place_in_arena(slot, keep={name}), slot.host)
         self.copier.wait(slot.pending_copy)
         slot.pending_copy = None
         slot.last_used = next(self._clock)
@@ -151,6 +142,15 @@ class Engine:
     def unload(self, name: str) -> None:
         self.evict(name)
         self.slot(name).host = None
+
+    def _place_in_arena(self, slot: ModelSlot, keep: set) -> torch.Tensor:
+        """Loads the model to host memory if needed, reserves its arena range, builds its views once."""
+        self.load(slot.cfg.name)
+        offset = self._allocate_weights(slot, keep)
+        dest = self.arena.weights[offset : offset + slot.layout.numel]
+        slot.device_offset = offset
+        slot.model = DecoderModel(slot.cfg, slot.layout.views(dest), self.device)
+        return dest
 
     def _allocate_weights(self, slot: ModelSlot, keep: set) -> int:
         size = slot.layout.numel
