@@ -64,6 +64,10 @@ class ModelResidency:
     name: str
     tier: str
     """disk, host or device."""
+    block_tokens: int = 0
+    """Tokens one KV page holds for this model (pages are shared bytes, so this differs per model)."""
+    weight_bytes: int = 0
+    """Bytes of the model's weights: what a switch copies to the device."""
 
 
 @dataclass(frozen=True)
@@ -141,7 +145,7 @@ class PrefetchModel:
 
 @message
 class WorkerState:
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 2
     worker_id: str
     ready: bool
     serving: tuple[str, ...]
@@ -156,6 +160,8 @@ class WorkerState:
     seq: int
     """Report counter, so a receiver can drop reordered reports."""
     ts: float
+    turn_id: int = 0
+    """The turn the worker is running now; 0 when it is idle."""
 
 
 @message
@@ -178,7 +184,59 @@ class Placement:
     ts: float
 
 
-WorkerCommand = AssignRequest | CancelAssignment | PrefetchModel
+@message
+class RunTurn:
+    """Router to worker: compute `model` for `request_ids` until the turn ends.
+
+    A turn ends when its quota of compute seconds is spent (checked between steps; inf: no
+    limit), when none of its requests is left unfinished, when `until_prefilled` and every
+    request has produced a token in this turn, or when a newer RunTurn arrives (it replaces
+    this one at the next step boundary). The worker then sends a TurnReport and waits.
+    """
+
+    VERSION: ClassVar[int] = 1
+    turn_id: int
+    model: str
+    request_ids: tuple[str, ...]
+    quota_s: float
+    until_prefilled: bool = False
+    """A prefill turn: ends once each request has its first token (of this worker)."""
+    park: tuple[str, ...] = ()
+    """Requests (of any model) whose KV goes to host memory before this turn starts."""
+    prefetch: str | None = None
+    """The model to copy towards the device while this turn computes."""
+
+
+@message
+class TurnReport:
+    """Worker to router: how a turn went, for the scheduler and its time estimators."""
+
+    VERSION: ClassVar[int] = 1
+    worker_id: str
+    turn_id: int
+    model: str
+    reason: str
+    """quota, done, prefilled, replaced, idle (nothing of it was left to run) or error."""
+    switch_s: float
+    """Seconds spent making the model computable (weights and KV in) before the first step."""
+    prefill_steps: int
+    prefill_tokens: int
+    prefill_s: float
+    decode_steps: int
+    decode_tokens: int
+    """Tokens the decode steps produced (batch size summed over steps)."""
+    decode_context_tokens: int
+    """Context tokens the decode steps attended to, summed over steps (for the step-time fit)."""
+    decode_s: float
+    prefilled: tuple[str, ...] = ()
+    """Requests that produced their first token on this worker in this turn."""
+    finished: tuple[str, ...] = ()
+    idle_s: float = 0.0
+    """Seconds the worker waited with nothing to run before this turn arrived."""
+    ts: float = 0.0
+
+
+WorkerCommand = AssignRequest | CancelAssignment | PrefetchModel | RunTurn
 
 
 # ---- codec -------------------------------------------------------------------------

@@ -4,6 +4,7 @@
     gateway --REQUEST_CANCEL--> router --worker_commands(id)--> gpu_worker
     gpu_worker --tokens(request id)--> gateway (and router, which tracks progress)
     gpu_worker --WORKER_STATE--> router, autoscaler
+    router --RunTurn on worker_commands(id)--> gpu_worker --TURN_REPORTS--> router
     router --ROUTER_STATE--> gateway, autoscaler
     autoscaler --PLACEMENT_BUCKET (JetStream KV)--> router, gpu_worker
 """
@@ -20,6 +21,7 @@ TOKENS_PREFIX = f"{PREFIX}.tokens"
 TOKENS_ALL = f"{TOKENS_PREFIX}.>"
 
 WORKER_STATE = f"{PREFIX}.worker.state"
+TURN_REPORTS = f"{PREFIX}.worker.turns"
 ROUTER_STATE = f"{PREFIX}.router.state"
 
 PLACEMENT_BUCKET = "tp_placement"

@@ -45,6 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weight-warmth", type=float, default=p.weights.warmth)
     parser.add_argument("--weight-load", type=float, default=p.weights.load)
     parser.add_argument("--weight-kv", type=float, default=p.weights.kv_headroom)
+    parser.add_argument(
+        "--scheduling", choices=("token", "request"), default=p.scheduling,
+        help="token: models take SLO-sized turns (default); request: one model at a time until its requests finish",
+    )
+    parser.add_argument("--max-quota", type=float, default=p.max_quota_s, help="longest decode turn while others wait (s)")
+    parser.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics here (0: a free port)")
+    parser.add_argument("--metrics-host", default=d.metrics_host)
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR (default $TOKENPOOL_LOG_LEVEL)")
     return parser
 
@@ -56,6 +63,8 @@ def build_config(args: argparse.Namespace) -> RouterConfig:
         max_queue_per_model=args.max_queue_per_model,
         max_running_per_worker=args.max_running_per_worker,
         weights=ScoreWeights(warmth=args.weight_warmth, load=args.weight_load, kv_headroom=args.weight_kv),
+        scheduling=args.scheduling,
+        max_quota_s=args.max_quota,
     )
     return RouterConfig(
         nats=args.nats,
@@ -66,6 +75,8 @@ def build_config(args: argparse.Namespace) -> RouterConfig:
         in_progress_interval_s=min(args.in_progress_interval, args.ack_wait / 3),
         max_ack_pending=args.max_ack_pending,
         startup_wait_s=args.startup_wait,
+        metrics_host=args.metrics_host,
+        metrics_port=args.metrics_port,
         policy=policy,
     )
 

@@ -28,6 +28,32 @@ class ScoreWeights:
                 raise ValueError(f"score weight {name} must be >= 0 (0 switches the scorer off)")
 
 
+SCHEDULING = ("token", "request")
+
+
+@dataclass(frozen=True)
+class TimePriors:
+    """Where the step and switch time estimates start, before workers report real turns.
+    Defaults suit a CPU worker; the estimates learn the truth within a few turns."""
+
+    memory_bandwidth_gb_s: float = 20.0
+    """Device memory bandwidth (a decode step reads every weight once). H100: ~3350."""
+    host_to_device_gb_s: float = 10.0
+    """Weight copy bandwidth of a model switch. Pinned PCIe Gen5: ~50."""
+    switch_fixed_s: float = 0.002
+    """Fixed cost of a switch beyond the weight copy."""
+    decode_s_per_context_token: float = 1e-7
+    prefill_s_per_token: float = 2e-4
+
+    def __post_init__(self):
+        for name in ("memory_bandwidth_gb_s", "host_to_device_gb_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"time_priors.{name} must be > 0")
+        for name in ("switch_fixed_s", "decode_s_per_context_token", "prefill_s_per_token"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"time_priors.{name} must be >= 0")
+
+
 @dataclass(frozen=True)
 class PolicyConfig:
     worker_timeout_s: float = 2.0
@@ -36,7 +62,7 @@ class PolicyConfig:
     """How long a request waits for a worker serving its model to appear before it gets 503."""
     max_queue_per_model: int = 256
     """Queued (unassigned) requests per model before new ones get 429."""
-    max_running_per_worker: int = 16
+    max_running_per_worker: int = 32
     """Requests the router assigns to one worker at once; the rest wait in their model's queue."""
     lost_after_reports: int = 4
     """Consecutive worker reports that omit a request assigned to it before it counts as lost
@@ -44,8 +70,30 @@ class PolicyConfig:
     finished_memory: int = 10_000
     """Finished request ids remembered, so a redelivered copy is acked instead of run twice."""
     weights: ScoreWeights = field(default_factory=ScoreWeights)
+    scheduling: str = "token"
+    """token: models take turns at token granularity with SLO-derived quotas (Aegaeon);
+    request: one model at a time per worker until its requests finish (the baseline)."""
+    max_quota_s: float = 2.0
+    """The longest decode turn while other models wait (Q_max of the quota formula)."""
+    min_switch_s: float = 0.002
+    """The least a change of turn is assumed to cost, even between batches of one model."""
+    max_prefill_group: int = 8
+    """Requests prefilled together in one prefill turn (grouped FCFS)."""
+    max_batch_size: int = 32
+    """Requests in one decode batch; more of one model are split into several batches."""
+    turn_lost_after_s: float = 1.5
+    """A turn the worker neither runs nor reported after this long counts as lost and is replanned."""
+    time_priors: TimePriors = field(default_factory=TimePriors)
 
     def __post_init__(self):
+        if self.scheduling not in SCHEDULING:
+            raise ValueError(f"scheduling {self.scheduling!r}: use one of {', '.join(SCHEDULING)}")
+        if self.max_quota_s <= 0 or self.min_switch_s < 0:
+            raise ValueError("max_quota_s must be > 0 and min_switch_s >= 0")
+        if self.max_prefill_group < 1 or self.max_batch_size < 1:
+            raise ValueError("max_prefill_group and max_batch_size must be >= 1")
+        if self.turn_lost_after_s <= 0:
+            raise ValueError("turn_lost_after_s must be > 0 (a few worker report intervals)")
         if self.worker_timeout_s <= 0:
             raise ValueError("worker_timeout_s must be > 0 (workers report every 0.5 s; 2.0 is a good value)")
         if self.no_worker_grace_s < 0:
@@ -83,9 +131,15 @@ class RouterConfig:
     """How often the policy checks for dead workers and waiting requests."""
     state_interval_s: float = 0.5
     """How often RouterState is published."""
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None
+    """Port of the router's Prometheus /metrics (turns, switches, idle time); None: not served,
+    0: a free port."""
     policy: PolicyConfig = field(default_factory=PolicyConfig)
 
     def __post_init__(self):
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"metrics_port {self.metrics_port} is not a TCP port (0..65535)")
         if not self.nats:
             raise ValueError("nats: give a NATS URL such as nats://127.0.0.1:4222")
         if not _ID.match(self.router_id):

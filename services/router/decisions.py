@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.protocol import ErrorInfo, GenerateRequest
+from shared.protocol import ErrorInfo, GenerateRequest, RunTurn
 
 
 @dataclass(frozen=True)
@@ -43,14 +43,14 @@ class Done:
 
 
 @dataclass(frozen=True)
-class Prefetch:
-    """Send PrefetchModel(model) to the worker. Not emitted yet; reserved for turn scheduling."""
+class StartTurn:
+    """Send the RunTurn to the worker: it replaces whatever turn the worker runs."""
 
     worker_id: str
-    model: str
+    turn: RunTurn
 
 
-Decision = Assign | Reject | Cancel | Done | Prefetch
+Decision = Assign | Reject | Cancel | Done | StartTurn
 
 
 def not_found(model: str, known: list[str]) -> ErrorInfo:

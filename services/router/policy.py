@@ -3,29 +3,63 @@
 No I/O, no asyncio: the service feeds it bus messages, a simulator feeds it events.
 
     policy = RouterPolicy(catalog.names(), PolicyConfig(), now=clock())
-    decisions = policy.submit(request, now)        # Assign / Reject / Done
-    decisions = policy.on_worker_state(state, now) # Assign (capacity freed) / Cancel (stale copies)
-    decisions = policy.on_tokens(chunk, now)       # Done (finished) / Assign
-    decisions = policy.cancel(request_id, now)     # Cancel + Done
-    decisions = policy.tick(now)                   # dead workers: Assign elsewhere / Reject 503
-    state = policy.snapshot(now)                   # RouterState
+    decisions = policy.submit(request, now)         # Assign / Reject / Done
+    decisions = policy.on_worker_state(state, now)  # Assign (capacity freed) / Cancel (stale copies)
+    decisions = policy.on_tokens(chunk, now)        # Done (finished) / Assign
+    decisions = policy.on_turn_report(report, now)  # the worker is free: its next turn
+    decisions = policy.cancel(request_id, now)      # Cancel + Done
+    decisions = policy.tick(now)                    # dead workers: Assign elsewhere / Reject 503
+    state = policy.snapshot(now)                    # RouterState
+
+Two layers: which worker holds a request (warm-aware placement, queues, failover), and, per
+worker, which of its requests compute when (`turns.schedule.WorkerSchedule`). Every event ends
+by giving each idle worker its next turn (StartTurn) and replacing turns that must give way.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter, OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from services.router import scoring
 from services.router.config import PolicyConfig
-from services.router.decisions import Assign, Cancel, Decision, Done, Reject, no_worker, not_found, queue_full
+from services.router.decisions import (
+    Assign,
+    Cancel,
+    Decision,
+    Done,
+    Reject,
+    StartTurn,
+    no_worker,
+    not_found,
+    queue_full,
+)
+from services.router.turns.estimates import Priors, WorkerEstimates
+from services.router.turns.held import Held
+from services.router.turns.schedule import WorkerSchedule
 from services.router.views import TrackedRequest, WorkerView
-from shared.protocol import GenerateRequest, ModelLoad, RouterState, TokenChunk, WorkerState
+from shared.protocol import GenerateRequest, ModelLoad, RouterState, TokenChunk, TurnReport, WorkerState
+
+DEFAULT_SLO = (10.0, 0.1)
+"""(TTFT, TBT) seconds of a model the catalog gives no SLO class."""
 
 
 class RouterPolicy:
-    def __init__(self, models: Iterable[str], config: PolicyConfig | None = None, *, now: float, router_id: str = "router"):
+    def __init__(
+        self,
+        models: Iterable[str],
+        config: PolicyConfig | None = None,
+        *,
+        now: float,
+        router_id: str = "router",
+        slos: Mapping[str, tuple[float, float]] | None = None,
+        first_turn_id: int = 1,
+    ):
         self.config = config or PolicyConfig()
+        self._slos = dict(slos or {})
+        self._turn_ids = itertools.count(first_turn_id)
+        self._schedules: dict[str, WorkerSchedule] = {}
         self.router_id = router_id
         self._models = list(models)
         self._started = now
@@ -52,20 +86,20 @@ class RouterPolicy:
         holder = self._reported_holder(rid, now)
         if holder is not None:  # a worker already runs it (the router restarted): adopt, do not run it twice
             self._requests[rid] = tracked
-            self._place(tracked, holder)
+            self._place(tracked, holder, adopted=True)
             holder.foreign = max(0, holder.foreign - 1)
-            return []
+            return self._drive(now)
         if not self._served(model, now) and self._grace_over(model, now):
             return self._reject(request, no_worker(model), 0)
         queue = self._queues[model]
-        worker = None if queue else scoring.pick(self._live(now), model, self.config)
+        worker = None if queue else self._pick(model, now)
         if worker is None and len(queue) >= self.config.max_queue_per_model:
             return self._reject(request, queue_full(model, self.config.max_queue_per_model), 0)
         self._requests[rid] = tracked
         if worker is None:
             queue.append(rid)
             return []
-        return [self._assign(tracked, worker)]
+        return [self._assign(tracked, worker)] + self._drive(now)
 
     def on_worker_state(self, state: WorkerState, now: float) -> list[Decision]:
         view = self._workers.get(state.worker_id)
@@ -73,10 +107,16 @@ class RouterPolicy:
             return []
         restarted = view is not None and view.is_restart(state)
         before = view.reported_running if view is not None and not restarted else frozenset()
+        if view is None or restarted:
+            self._schedules.pop(state.worker_id, None)
         if view is None:
             view = self._workers[state.worker_id] = WorkerView.from_state(state, now)
         else:
             view.apply(state, now)
+        schedule = self._schedule(view.worker_id)
+        turn = schedule.turn
+        if turn is not None and view.turn_id != turn.turn_id and now - schedule.turn_sent_at > self.config.turn_lost_after_s:
+            schedule.forget_turn()
         for model in view.serving:
             self._last_served[model] = now
         decisions: list[Decision] = []
@@ -87,7 +127,7 @@ class RouterPolicy:
                 view.foreign += 1  # e.g. assigned by a previous router; its redelivery will adopt it
             elif tracked is not None and tracked.worker_id is None:
                 self._queues[tracked.model].remove(rid)
-                self._place(tracked, view)
+                self._place(tracked, view, adopted=True)
             elif rid not in view.assigned:
                 view.foreign += tracked is not None
                 if rid not in before:  # another worker holds it, or it is over: stop this copy once
@@ -112,6 +152,9 @@ class RouterPolicy:
         # so a resumed request continues what the client saw.
         tracked.record(chunk)
         if chunk.finish_reason is None and chunk.error is None:
+            if tracked.worker_id is not None and chunk.worker_id in ("", tracked.worker_id):
+                produced_here = len(tracked.produced()) - tracked.resumed
+                self._schedules[tracked.worker_id].progress(chunk.request_id, produced_here)
             return []
         holder = tracked.worker_id
         self._finish(chunk.request_id)
@@ -119,6 +162,14 @@ class RouterPolicy:
         if holder is not None and chunk.worker_id and chunk.worker_id != holder:
             decisions.insert(0, Cancel(holder, chunk.request_id))  # the client already got its answer
         return decisions + self._dispatch(now)
+
+    def on_turn_report(self, report: TurnReport, now: float) -> list[Decision]:
+        view = self._workers.get(report.worker_id)
+        schedule = self._schedules.get(report.worker_id)
+        if view is None or schedule is None:
+            return []
+        schedule.on_report(report, view)
+        return self._drive(now)
 
     def cancel(self, request_id: str, now: float) -> list[Decision]:
         tracked = self._requests.get(request_id)
@@ -134,8 +185,9 @@ class RouterPolicy:
 
     def tick(self, now: float) -> list[Decision]:
         for view in [v for v in self._workers.values() if not v.is_live(now, self.config.worker_timeout_s)]:
-            del self._workers[view.worker_id]
             self._requeue(list(view.assigned))
+            del self._workers[view.worker_id]
+            self._schedules.pop(view.worker_id, None)
         decisions: list[Decision] = []
         for model, queue in self._queues.items():
             if queue and not self._served(model, now) and self._grace_over(model, now):
@@ -161,6 +213,9 @@ class RouterPolicy:
             ts=now,
         )
 
+    def schedule_of(self, worker_id: str) -> WorkerSchedule | None:
+        return self._schedules.get(worker_id)
+
     def holder(self, request_id: str) -> str | None:
         """The worker a request is assigned to; None while queued or unknown."""
         tracked = self._requests.get(request_id)
@@ -181,10 +236,67 @@ class RouterPolicy:
     def _reported_holder(self, rid: str, now: float) -> WorkerView | None:
         return next((v for v in self._live(now) if rid in v.reported_running), None)
 
-    def _place(self, tracked: TrackedRequest, view: WorkerView) -> None:
+    def _pick(self, model: str, now: float) -> WorkerView | None:
+        """A worker whose waiting prefill group of this model has room (grouped FCFS), else the
+        scorers' choice (warm, then least loaded)."""
+        live = self._live(now)
+        for view in live:
+            schedule = self._schedules.get(view.worker_id)
+            waiting = 0 if schedule is None else sum(
+                1 for h in schedule.held.values() if h.model == model and not h.prefilled
+            )
+            if 0 < waiting % self.config.max_prefill_group and scoring.can_take(view, model, self.config):
+                return view
+        return scoring.pick(live, model, self.config)
+
+    def _schedule(self, worker_id: str) -> WorkerSchedule:
+        schedule = self._schedules.get(worker_id)
+        if schedule is None:
+            p = self.config.time_priors
+            priors = Priors(
+                p.memory_bandwidth_gb_s * 1e9,
+                p.host_to_device_gb_s * 1e9,
+                p.switch_fixed_s,
+                p.decode_s_per_context_token,
+                p.prefill_s_per_token,
+            )
+            schedule = WorkerSchedule(worker_id, self.config, WorkerEstimates(priors), lambda: next(self._turn_ids))
+            self._schedules[worker_id] = schedule
+        return schedule
+
+    def _place(self, tracked: TrackedRequest, view: WorkerView, adopted: bool = False) -> None:
         tracked.worker_id = view.worker_id
         tracked.misses = 0
         view.assigned.add(tracked.request.id)
+        request = tracked.request
+        resumed = len(tracked.produced())
+        tracked.resumed = resumed
+        ttft_s, tbt_s = self._slos.get(request.model, DEFAULT_SLO)
+        held = Held(
+            request.id,
+            request.model,
+            tracked.accepted_at,
+            len(request.prompt_token_ids) + resumed,
+            max(request.sampling.max_tokens - resumed, 1),
+            ttft_s,
+            tbt_s,
+            prefilled=adopted,
+            on_device=adopted,
+        )
+        self._schedule(view.worker_id).add(held)
+
+    def _drive(self, now: float) -> list[Decision]:
+        """Gives each idle live worker its next turn and replaces turns that must give way."""
+        decisions: list[Decision] = []
+        for view in self._live(now):
+            schedule = self._schedules.get(view.worker_id)
+            if schedule is None or not view.ready:
+                continue
+            if schedule.turn is None or schedule.should_replace(view, now):
+                turn = schedule.next_turn(view, now)
+                if turn is not None:
+                    decisions.append(StartTurn(view.worker_id, turn))
+        return decisions
 
     def _assign(self, tracked: TrackedRequest, view: WorkerView) -> Assign:
         self._place(tracked, view)
@@ -202,11 +314,11 @@ class RouterPolicy:
                 head = self._requests[queue[0]]
                 if best is not None and head.accepted_at >= best[0].accepted_at:
                     continue
-                worker = scoring.pick(live, model, self.config)
+                worker = self._pick(model, now)
                 if worker is not None:
                     best = (head, worker)
             if best is None:
-                return decisions
+                return decisions + self._drive(now)
             self._queues[best[0].model].popleft()
             decisions.append(self._assign(*best))
 
@@ -224,6 +336,9 @@ class RouterPolicy:
         view = self._workers.get(tracked.worker_id) if tracked.worker_id else None
         if view is not None:
             view.assigned.discard(tracked.request.id)
+        schedule = self._schedules.get(tracked.worker_id) if tracked.worker_id else None
+        if schedule is not None:
+            schedule.remove(tracked.request.id)
 
     def _finish(self, rid: str) -> None:
         tracked = self._requests.pop(rid)

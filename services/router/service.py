@@ -20,9 +20,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 from services.router.config import RouterConfig
-from services.router.decisions import Assign, Cancel, Decision, Done, Prefetch, Reject
+from services.router.decisions import Assign, Cancel, Decision, Done, Reject, StartTurn
 from services.router.intake import RequestIntake
+from services.router.metrics_http import MetricsServer
 from services.router.policy import RouterPolicy
+from services.router.turn_metrics import TurnMetrics
 from shared import bus, subjects
 from shared.tracing import SpanBook
 from shared.catalog import Catalog
@@ -31,9 +33,9 @@ from shared.protocol import (
     AssignRequest,
     CancelAssignment,
     CancelRequest,
-    PrefetchModel,
     ProtocolError,
     TokenChunk,
+    TurnReport,
     WorkerState,
     decode,
     encode,
@@ -46,9 +48,16 @@ class RouterService:
     def __init__(self, config: RouterConfig, catalog: Catalog, clock: Callable[[], float] = time.monotonic):
         self.config = config
         self.clock = clock
-        self.policy = RouterPolicy(catalog.names(), config.policy, now=clock(), router_id=config.router_id)
+        slos = {m: (catalog.slo(m).ttft_s, catalog.slo(m).tbt_s) for m in catalog.names()}
+        # Turn ids from the wall clock, so a restarted router's turns never collide with old reports.
+        first_turn_id = int(time.time() * 1000) * 1000
+        self.policy = RouterPolicy(
+            catalog.names(), config.policy, now=clock(), router_id=config.router_id, slos=slos, first_turn_id=first_turn_id
+        )
         self.metrics = Registry()
         self._events = self.metrics.counter("tp_router_events_total", "Router events by kind.", ("event",))
+        self._turns = TurnMetrics(self.metrics)
+        self._http: MetricsServer | None = None
         self._nc = None
         self._intake: RequestIntake | None = None
         self._tasks: list[asyncio.Task] = []
@@ -64,6 +73,10 @@ class RouterService:
         await self._nc.subscribe(subjects.WORKER_STATE, cb=self._handler(WorkerState, self.policy.on_worker_state))
         await self._nc.subscribe(subjects.TOKENS_ALL, cb=self._handler(TokenChunk, self.policy.on_tokens), **limits)
         await self._nc.subscribe(subjects.REQUEST_CANCEL, cb=self._handler(CancelRequest, self._cancel))
+        await self._nc.subscribe(subjects.TURN_REPORTS, cb=self._handler(TurnReport, self._turn_report))
+        if c.metrics_port is not None:
+            self._http = MetricsServer(self.metrics, c.metrics_host, c.metrics_port)
+            await self._http.start()
         self._tasks = [
             asyncio.create_task(self._take_requests(), name="router-intake"),
             self._every(c.tick_interval_s, self._tick, "router-tick"),
@@ -84,7 +97,13 @@ class RouterService:
                     await self._guard(self._intake.nak(request_id), "hand back queued request")
         if self._nc is not None and not self._nc.is_closed:
             await self._nc.drain()
+        if self._http is not None:
+            await self._http.stop()
         log.info("router %s stopped", self.config.router_id)
+
+    @property
+    def metrics_url(self) -> str | None:
+        return self._http.url if self._http is not None else None
 
     # ---- inputs ------------------------------------------------------------------------
 
@@ -124,6 +143,10 @@ class RouterService:
 
         return handle
 
+    def _turn_report(self, report: TurnReport, now: float) -> list[Decision]:
+        self._turns.record(report)
+        return self.policy.on_turn_report(report, now)
+
     def _cancel(self, message: CancelRequest, now: float) -> list[Decision]:
         return self.policy.cancel(message.request_id, now)
 
@@ -160,8 +183,9 @@ class RouterService:
         elif isinstance(d, Done):
             self._spans.end(d.request_id)
             await self._intake.ack(d.request_id)
-        elif isinstance(d, Prefetch):
-            await publish(subjects.worker_commands(d.worker_id), encode(PrefetchModel(d.model)))
+        elif isinstance(d, StartTurn):
+            log.debug("turn %d on %s: %s x%d quota %.3fs", d.turn.turn_id, d.worker_id, d.turn.model, len(d.turn.request_ids), d.turn.quota_s)
+            await publish(subjects.worker_commands(d.worker_id), encode(d.turn))
 
     async def _guard(self, action: Awaitable[None], what: str) -> None:
         try:

@@ -16,6 +16,9 @@ class WorkerView:
     serving: frozenset[str]
     tiers: dict[str, str]
     """Model name -> disk, host or device."""
+    block_tokens: dict[str, int]
+    """Model name -> tokens one KV page holds for it."""
+    weight_bytes: dict[str, int]
     active_model: str | None
     reported_running: frozenset[str]
     free_kv_pages: int
@@ -28,10 +31,12 @@ class WorkerView:
     """Requests the router assigned here that are not finished."""
     foreign: int = 0
     """Requests the worker reports that the router did not assign here (they still take a slot)."""
+    turn_id: int = 0
+    """The turn the worker reported running; 0 when idle."""
 
     @classmethod
     def from_state(cls, state: WorkerState, now: float) -> WorkerView:
-        view = cls(state.worker_id, False, frozenset(), {}, None, frozenset(), 0, 0, state.seq, state.ts, now)
+        view = cls(state.worker_id, False, frozenset(), {}, {}, {}, None, frozenset(), 0, 0, state.seq, state.ts, now)
         view.apply(state, now)
         return view
 
@@ -47,6 +52,9 @@ class WorkerView:
         self.ready = state.ready
         self.serving = frozenset(state.serving)
         self.tiers = {m.name: m.tier for m in state.models}
+        self.block_tokens = {m.name: m.block_tokens for m in state.models}
+        self.weight_bytes = {m.name: m.weight_bytes for m in state.models}
+        self.turn_id = state.turn_id
         self.active_model = state.active_model
         self.reported_running = frozenset(state.running)
         self.free_kv_pages = state.free_kv_pages
@@ -54,6 +62,9 @@ class WorkerView:
         self.seq = state.seq
         self.ts = state.ts
         self.last_report = now
+
+    def block_tokens_of(self, model: str) -> int:
+        return self.block_tokens.get(model, 0)
 
     @property
     def load(self) -> int:
@@ -74,6 +85,8 @@ class TrackedRequest:
     """Produced token ids by index, as seen in TokenChunks (duplicates collapse)."""
     misses: int = 0
     """Consecutive reports of the holder that did not list this request."""
+    resumed: int = 0
+    """Tokens it had produced when its current worker took it (that worker re-prefills them)."""
 
     @property
     def model(self) -> str:

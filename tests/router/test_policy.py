@@ -1,16 +1,32 @@
-"""The router policy driven by hand-built messages and a scripted clock."""
+"""The router policy's placement (which worker holds a request) driven by hand-built messages
+and a scripted clock; turn scheduling has its own tests (test_turns.py)."""
 
 import pytest
 
 from services.router.config import PolicyConfig
-from services.router.decisions import Assign, Cancel, Done, Reject
+from services.router.decisions import Assign, Cancel, Done, Reject, StartTurn
 from services.router.policy import RouterPolicy
 
 from .builders import MODELS, request, state, tokens
 
 
-def policy(**config) -> RouterPolicy:
-    return RouterPolicy(MODELS, PolicyConfig(**config), now=0.0)
+class PlacementOnly:
+    """The policy with its StartTurn decisions left out."""
+
+    EVENTS = ("submit", "on_worker_state", "on_tokens", "on_turn_report", "cancel", "tick")
+
+    def __init__(self, policy: RouterPolicy):
+        self.policy = policy
+
+    def __getattr__(self, name):
+        attr = getattr(self.policy, name)
+        if name not in self.EVENTS:
+            return attr
+        return lambda *args, **kwargs: [d for d in attr(*args, **kwargs) if not isinstance(d, StartTurn)]
+
+
+def policy(**config) -> PlacementOnly:
+    return PlacementOnly(RouterPolicy(MODELS, PolicyConfig(**config), now=0.0))
 
 
 def codes(decisions) -> list[int]:

@@ -1,0 +1,263 @@
+"""One worker's turns: the requests it holds, the turn it runs, and which turn comes next.
+
+Two disciplines share this bookkeeping:
+
+- token (Aegaeon, SOSP'25, §4): waiting requests are prefilled first, in grouped FCFS
+  order (`batching.prefill_groups`); a group of the model already on the device may jump
+  ahead when no earlier request's TTFT deadline suffers for it. Requests that have their
+  first token decode in rounds: each round forms one batch per model (split when the KV
+  cache cannot hold it) and gives each batch one turn whose quota comes from the TBT
+  objective (`slo.quota.decode_quotas`). A lone batch decodes without a quota and is
+  replaced as soon as anything else wants the worker.
+- request (the baseline of request-level serving, e.g. ServerlessLLM): one model at a time,
+  all of its requests together, until none is left; only then the next model.
+
+The schedule never talks to the worker: `next_turn` returns a RunTurn for the policy to send,
+`should_replace` says whether the running turn must give way now.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+from services.router.config import PolicyConfig
+from services.router.slo.quota import TurnInput, decode_quotas
+from services.router.turns.batching import decode_batches, prefill_groups
+from services.router.turns.estimates import WorkerEstimates
+from services.router.turns.held import Held, pages_for
+from services.router.views import WorkerView
+from shared.protocol import RunTurn, TurnReport
+
+
+class WorkerSchedule:
+    def __init__(self, worker_id: str, config: PolicyConfig, estimates: WorkerEstimates, new_turn_id: Callable[[], int]):
+        self.worker_id = worker_id
+        self.config = config
+        self.estimates = estimates
+        self._new_turn_id = new_turn_id
+        self.held: dict[str, Held] = {}
+        self.turn: RunTurn | None = None
+        """The latest turn sent: running, or about to replace the running one."""
+        self.turn_sent_at = 0.0
+        self.device_model: str | None = None
+        """The model the latest turn computes (what the device holds once it starts)."""
+        self._round: list[tuple[list[str], float]] = []
+        """Decode batches (request ids) still to take their turn in this round, with quotas."""
+        self._last_turn: dict[str, int] = {}
+        """Model -> number of the latest turn it got, so each round starts with the longest-waiting."""
+        self._turns = 0
+
+    # ---- events ------------------------------------------------------------------------
+
+    def add(self, held: Held) -> None:
+        self.held[held.request_id] = held
+
+    def remove(self, request_id: str) -> Held | None:
+        return self.held.pop(request_id, None)
+
+    def progress(self, request_id: str, produced_here: int) -> None:
+        held = self.held.get(request_id)
+        if held is not None and produced_here > 0:
+            held.produced = max(held.produced, produced_here)
+            held.prefilled = held.on_device = True
+
+    def on_report(self, report: TurnReport, view: WorkerView) -> bool:
+        """Learns from a finished turn; True when it was the latest turn (the worker is idle)."""
+        switched = report.switch_s > 0
+        self.estimates.observe(report, view.weight_bytes.get(report.model, 0), switched)
+        for rid in report.prefilled:
+            if (held := self.held.get(rid)) is not None:
+                held.prefilled = held.on_device = True
+        if self.turn is None or report.turn_id != self.turn.turn_id:
+            return False
+        self.turn = None
+        return True
+
+    def forget_turn(self) -> None:
+        """The latest turn or its report went missing: plan afresh."""
+        self.turn = None
+        self._round = []
+
+    # ---- decisions ---------------------------------------------------------------------
+
+    def next_turn(self, view: WorkerView, now: float) -> RunTurn | None:
+        plan = self._plan_token(view, now) if self.config.scheduling == "token" else self._plan_request(view)
+        if plan is None:
+            return None
+        model, members, quota, until_prefilled, prefetch = plan
+        park = self._make_room(view, model, members)
+        for held in members:
+            held.on_device = True
+        turn = RunTurn(
+            self._new_turn_id(),
+            model,
+            tuple(h.request_id for h in members),
+            quota,
+            until_prefilled,
+            tuple(park),
+            prefetch if prefetch != model else None,
+        )
+        self.turn, self.turn_sent_at, self.device_model = turn, now, model
+        self._turns += 1
+        self._last_turn[model] = self._turns
+        return turn
+
+    def should_replace(self, view: WorkerView, now: float) -> bool:
+        turn = self.turn
+        if turn is None or turn.until_prefilled:
+            return False
+        members = set(turn.request_ids)
+        if self.config.scheduling == "request":
+            return any(h.model == turn.model and h.request_id not in members for h in self.held.values()) and (
+                len(members) < self.config.max_batch_size
+            )
+        waiting = [h for h in self.held.values() if not h.prefilled]
+        if math.isinf(turn.quota_s):
+            return bool(waiting) or any(h.request_id not in members for h in self._decoding())
+        if not waiting:
+            return False
+        # A bounded decode turn gives way only when waiting it out would break a TTFT objective.
+        turn_ends = self.turn_sent_at + turn.quota_s
+        return any(turn_ends + self._prefill_cost(view, [h]) > h.ttft_deadline for h in waiting)
+
+    # ---- token-level -------------------------------------------------------------------
+
+    def _plan_token(self, view: WorkerView, now: float):
+        waiting = [h for h in self.held.values() if not h.prefilled]
+        if waiting:
+            groups = prefill_groups(waiting, self.config.max_prefill_group)
+            group = self._pick_group(groups, view, now)
+            after = [g for g in groups if g is not group]
+            prefetch = after[0][0].model if after else self._next_round_model()
+            return group[0].model, group, math.inf, True, prefetch
+        decoding = self._decoding()
+        if not decoding:
+            return None
+        if not self._round:
+            self._round = self._new_round(decoding, view)
+        while self._round:
+            ids, quota = self._round.pop(0)
+            batch = self._batch_now(ids, view)
+            if batch:
+                if not self._round:
+                    quota = math.inf if not self._others_waiting(batch) else quota
+                return batch[0].model, batch, quota, False, self._next_round_model()
+        return None
+
+    def _pick_group(self, groups: list[list[Held]], view: WorkerView, now: float) -> list[Held]:
+        """The head group, unless a group of the model on the device can go first without any
+        earlier request missing its TTFT deadline (beyond Aegaeon: saves a switch)."""
+        warm = next((g for g in groups if g[0].model == self.device_model), None)
+        if warm is None or warm is groups[0]:
+            return groups[0]
+        delay = self._prefill_cost(view, warm, switching=False)
+        finish = now + delay
+        for group in groups[: groups.index(warm)]:
+            finish += self._prefill_cost(view, group)
+            if any(finish > h.ttft_deadline for h in group):
+                return groups[0]
+        return warm
+
+    def _new_round(self, decoding: list[Held], view: WorkerView) -> list[tuple[list[str], float]]:
+        c = self.config
+        batches = decode_batches(decoding, view.total_kv_pages, view.block_tokens_of, self._growth(view), c.max_batch_size)
+        # Models that waited longest first; among those never served, the one on the device.
+        batches.sort(
+            key=lambda b: (self._last_turn.get(b[0].model, 0), b[0].model != self.device_model, min(h.arrival for h in b))
+        )
+        if len(batches) == 1:
+            return [([h.request_id for h in batches[0]], math.inf)]
+        inputs = []
+        for i, batch in enumerate(batches):
+            model, previous = batch[0].model, batches[i - 1][0].model
+            weight_bytes = view.weight_bytes.get(model, 0)
+            step = self.estimates.decode_step_s(model, weight_bytes, sum(h.context for h in batch))
+            switch = self.estimates.switch_s(weight_bytes) if model != previous else 0.0
+            inputs.append(TurnInput(str(i), step, max(switch, c.min_switch_s), min(h.tbt_s for h in batch)))
+        quotas = decode_quotas(inputs, c.max_quota_s)
+        return [([h.request_id for h in b], quotas[str(i)]) for i, b in enumerate(batches)]
+
+    def _batch_now(self, ids: list[str], view: WorkerView) -> list[Held]:
+        """The batch as it stands at its turn: finished requests gone, and newly prefilled
+        requests of its model that no later batch of the round holds joined while room lasts."""
+        batch = [self.held[r] for r in ids if r in self.held and self.held[r].prefilled and self.held[r].remaining]
+        if not batch:
+            return []
+        model = batch[0].model
+        later = {r for rest, _ in self._round for r in rest}
+        taken = {h.request_id for h in batch} | later
+        block, grow = view.block_tokens_of(model), self._growth(view)
+        pages = sum(pages_for(h.context + grow(h), block) for h in batch)
+        for held in self._decoding():
+            if held.model != model or held.request_id in taken or len(batch) >= self.config.max_batch_size:
+                continue
+            need = pages_for(held.context + grow(held), block)
+            if view.total_kv_pages > 0 and pages + need > view.total_kv_pages:
+                break
+            batch.append(held)
+            pages += need
+        return batch
+
+    def _others_waiting(self, batch: list[Held]) -> bool:
+        members = {h.request_id for h in batch}
+        return any(h.request_id not in members for h in self._decoding())
+
+    def _next_round_model(self) -> str | None:
+        for ids, _ in self._round:
+            for rid in ids:
+                if rid in self.held:
+                    return self.held[rid].model
+        return None
+
+    # ---- request-level -----------------------------------------------------------------
+
+    def _plan_request(self, view: WorkerView):
+        live = sorted((h for h in self.held.values() if h.remaining or not h.prefilled), key=lambda h: h.arrival)
+        if not live:
+            return None
+        models = [h.model for h in live]
+        model = self.device_model if self.device_model in models else models[0]
+        members = [h for h in live if h.model == model][: self.config.max_batch_size]
+        following = next((m for m in models if m != model), None)
+        return model, members, math.inf, False, following
+
+    # ---- shared ------------------------------------------------------------------------
+
+    def _decoding(self) -> list[Held]:
+        return [h for h in self.held.values() if h.prefilled and h.remaining]
+
+    def _growth(self, view: WorkerView) -> Callable[[Held], int]:
+        """Tokens a request may add during one turn, for KV sizing: a page of headroom."""
+        return lambda h: min(h.remaining, max(view.block_tokens_of(h.model), 1))
+
+    def _prefill_cost(self, view: WorkerView, group: Iterable[Held], switching: bool = True) -> float:
+        group = list(group)
+        model = group[0].model
+        weight_bytes = view.weight_bytes.get(model, 0)
+        cost = self.estimates.prefill_s(model, weight_bytes, sum(h.prompt_tokens for h in group))
+        if switching and model != self.device_model:
+            cost += self.estimates.switch_s(weight_bytes)
+        return cost
+
+    def _make_room(self, view: WorkerView, model: str, members: list[Held]) -> list[str]:
+        """KV of other requests to park in host memory so that the turn's requests fit on the
+        device: the requests that will wait longest go first."""
+        total = view.total_kv_pages
+        if total <= 0:
+            return []
+        ids = {h.request_id for h in members}
+        grow = self._growth(view)
+        need = sum(pages_for(h.context + grow(h), view.block_tokens_of(h.model)) for h in members)
+        others = [h for h in self.held.values() if h.on_device and h.request_id not in ids]
+        used = sum(pages_for(h.context, view.block_tokens_of(h.model)) for h in others)
+        upcoming = [r for batch, _ in self._round for r in batch]
+        order = {rid: i for i, rid in enumerate(upcoming)}
+        park = []
+        for held in sorted(others, key=lambda h: order.get(h.request_id, len(order)), reverse=True):
+            if used + need <= total:
+                break
+            used -= pages_for(held.context, view.block_tokens_of(held.model))
+            held.on_device = False
+            park.append(held.request_id)
+        return park
