@@ -59,6 +59,8 @@ class StackConfig:
     """Folder for this run: the embedded server's JetStream data and the logs."""
     worker_args: tuple[str, ...] = ()
     """Extra flags for every gpu_worker, e.g. ("--device", "cuda")."""
+    router_args: tuple[str, ...] = ()
+    """Extra flags for the router, e.g. ("--scheduling", "request")."""
     grace_s: float = 15.0
     """How long a stop waits for children to exit before SIGKILL."""
 
@@ -111,7 +113,7 @@ class Stack:
             log.info("embedded nats-server at %s (data in %s)", self.nats_server.url, c.run_dir / "nats")
         common = ["--nats", self.nats_url, "--catalog", str(c.catalog)]
         py = [sys.executable, "-m"]
-        self.children = [Child("router", py + ["services.router", *common])]
+        self.children = [Child("router", py + ["services.router", *common, *c.router_args])]
         self.children.append(Child("autoscaler", py + ["services.autoscaler", *common]))
         for i in range(c.workers):
             argv = py + ["services.gpu_worker", *common, "--worker-id", f"worker-{i}", *c.worker_args]

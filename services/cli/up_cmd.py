@@ -22,6 +22,11 @@ def register(subparsers) -> None:
     p.add_argument("--nats", default=None, help="use this NATS server instead of starting one")
     p.add_argument("--run-dir", type=Path, default=None, help="folder for JetStream data and state")
     p.add_argument("--device", default=None, help="worker device: cpu or cuda")
+    p.add_argument(
+        "--scheduling", choices=("token", "request"), default="token",
+        help="token: models share a worker in SLO-sized turns (default); request: one model at a time",
+    )
+    p.add_argument("--router-metrics-port", type=int, default=None, help="serve the router's /metrics on this port")
     p.set_defaults(handler=up)
 
 
@@ -31,6 +36,13 @@ class _Stop(Exception):
 
 def _raise_stop(signum, frame):
     raise _Stop()
+
+
+def router_args(args: argparse.Namespace) -> tuple[str, ...]:
+    extra = ("--scheduling", args.scheduling)
+    if args.router_metrics_port is not None:
+        extra += ("--metrics-port", str(args.router_metrics_port))
+    return extra
 
 
 def up(args: argparse.Namespace) -> int:
@@ -46,6 +58,7 @@ def up(args: argparse.Namespace) -> int:
             nats=args.nats,
             run_dir=run_dir,
             worker_args=("--device", args.device) if args.device else (),
+            router_args=router_args(args),
         )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -6,6 +6,7 @@ import time
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from opentelemetry.trace import Span
 
 from services.gateway.core import GatewayCore
 from services.gateway.errors import ApiError
@@ -14,6 +15,7 @@ from services.gateway.openai_schema import GenerationSpec, resolve_max_tokens
 from services.gateway.responses import DONE, ResponseHead, new_request_id, sse
 from services.gateway.stream import TextStream, Update
 from services.gateway.upstream import TokenFeed, error_from_info
+from services.router.slo.attainment import RequestSlo, request_slo
 from shared import subjects
 from shared.tracing import tracer
 from shared.protocol import GenerateRequest, Sampling
@@ -45,18 +47,19 @@ async def serve_generation(request: web.Request, core: GatewayCore, spec: Genera
     )
     text = TextStream(model.tokenizer, spec.stop, prompt)
     attributes = {"request.id": head.id, "model": model.name, "endpoint": spec.endpoint, "stream": spec.stream}
-    with tracer().start_as_current_span("gateway.request", attributes=attributes):
+    with tracer().start_as_current_span("gateway.request", attributes=attributes) as span:
         async with core.upstream.generate(generate) as feed:
-            updates = _updates(core, model, feed, text, started)
+            updates = _updates(core, model, feed, text, started, span)
             if spec.stream:
                 return await _stream(request, core, spec, head, model, updates)
             return await _collect(spec, head, model, updates)
 
 
 async def _updates(
-    core: GatewayCore, model: ServedModel, feed: TokenFeed, text: TextStream, started: float
+    core: GatewayCore, model: ServedModel, feed: TokenFeed, text: TextStream, started: float, span: Span
 ) -> AsyncIterator[Update]:
     last = None
+    token_times: list[float] = []  # when each token, by index, was ready to go to the client
     held = None  # an error that arrived in a batch: it goes out after the tokens before it
     while True:
         update, held = held or text.push(await feed.next_chunk()), None
@@ -77,6 +80,7 @@ async def _updates(
             else:
                 core.metrics.token_latency.observe((now - last) / len(update.token_ids), model=model.name)
             last = now
+            token_times += [now] * len(update.token_ids)
             core.metrics.tokens_out.inc(len(update.token_ids), model=model.name)
         if update.stopped_early:
             feed.cancel_reason = "stop string reached"
@@ -84,9 +88,20 @@ async def _updates(
             feed.finished = True
         if not (update.token_ids or update.finished):
             continue  # a chunk that arrived ahead of its turn: nothing to show yet
+        if update.finish_reason is not None and token_times:
+            _record_slo(core, model, span, request_slo(started, token_times, model.slo.ttft_s, model.slo.tbt_s))
         yield update
         if update.finished:
             return
+
+
+def _record_slo(core: GatewayCore, model: ServedModel, span: Span, slo: RequestSlo) -> None:
+    """Counts a completed request against its model's SLO class, on /metrics and on its span."""
+    core.metrics.observe_request_slo(model.name, slo)
+    attributes = {"ttft_s": slo.ttft_s, "slo_attainment": slo.attainment, "slo_strict": slo.strict}
+    if slo.mean_tbt_s is not None:
+        attributes["mean_tbt_s"] = slo.mean_tbt_s
+    span.set_attributes(attributes)
 
 
 async def _collect(spec: GenerationSpec, head: ResponseHead, model: ServedModel, updates) -> web.Response:

@@ -1,4 +1,4 @@
-"""The catalog models this gateway serves: tokenizer, chat template and context window of each."""
+"""The catalog models this gateway serves: tokenizer, chat template, context window and SLO class of each."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import jinja2
 
 from services.gateway.errors import api_error, invalid
 from services.gateway.openai_schema import GenerationSpec
-from shared.catalog import Catalog, ModelEntry
+from shared.catalog import Catalog, ModelEntry, SloClass
 from shared.tokenizer import Tokenizer, TokenizerError
 
 
@@ -23,6 +23,8 @@ class ServedModel:
     tokenizer: Tokenizer
     context_window: int
     """The model's max_position_embeddings, capped by the catalog's context_length."""
+    slo: SloClass
+    """The TTFT and TBT objectives its requests are measured against."""
 
     @property
     def name(self) -> str:
@@ -47,10 +49,10 @@ class ServedModel:
 
 
 def load_models(catalog: Catalog) -> dict[str, ServedModel]:
-    return {entry.name: _load(entry) for entry in catalog.models}
+    return {entry.name: _load(entry, catalog.slo(entry.name)) for entry in catalog.models}
 
 
-def _load(entry: ModelEntry) -> ServedModel:
+def _load(entry: ModelEntry, slo: SloClass) -> ServedModel:
     config_path = entry.path / "config.json"
     try:
         config = json.loads(config_path.read_text())
@@ -69,7 +71,7 @@ def _load(entry: ModelEntry) -> ServedModel:
         )
     if entry.context_length is not None:
         window = min(window, entry.context_length)
-    return ServedModel(entry, tokenizer, window)
+    return ServedModel(entry, tokenizer, window, slo)
 
 
 def find_model(models: dict[str, ServedModel], name: str) -> ServedModel:

@@ -23,10 +23,12 @@ def state(
     free: int = 100,
     total: int = 100,
     ts: float | None = None,
+    block_tokens: int = 0,
+    turn_id: int = 0,
 ) -> WorkerState:
-    models = tuple(ModelResidency(m, t) for m, t in (tiers or {}).items())
+    models = tuple(ModelResidency(m, t, block_tokens) for m, t in (tiers or {}).items())
     return WorkerState(
-        worker_id, ready, serving, models, active, running, free, total, "cpu", seq, float(seq) if ts is None else ts
+        worker_id, ready, serving, models, active, running, free, total, "cpu", seq, float(seq) if ts is None else ts, turn_id
     )
 
 

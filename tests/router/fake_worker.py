@@ -10,6 +10,7 @@ from shared.protocol import (
     AssignRequest,
     CancelAssignment,
     GenerateRequest,
+    RunTurn,
     ModelResidency,
     Sampling,
     TokenChunk,
@@ -28,6 +29,7 @@ class FakeWorker:
         self.holding: dict[str, AssignRequest] = {}
         self.next_index: dict[str, int] = {}
         self.reporting = True
+        self.turns: list[RunTurn] = []
         self._seq = 0
         self._sub = None
         self._task: asyncio.Task | None = None
@@ -44,8 +46,10 @@ class FakeWorker:
         await self._sub.unsubscribe()
 
     async def _on_command(self, msg) -> None:
-        command = decode(msg.data, AssignRequest, CancelAssignment)
-        if isinstance(command, AssignRequest):
+        command = decode(msg.data, AssignRequest, CancelAssignment, RunTurn)
+        if isinstance(command, RunTurn):
+            self.turns.append(command)  # tokens come on the test's cue, whatever the turn
+        elif isinstance(command, AssignRequest):
             self.assigns.append(command)
             self.holding[command.request.id] = command
             self.next_index[command.request.id] = len(command.resume_token_ids)

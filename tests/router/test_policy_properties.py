@@ -1,10 +1,11 @@
-"""Random sequences of submits, worker reports, token chunks, cancels and worker deaths.
+"""Random sequences of submits, worker reports, token chunks, turns, cancels and worker deaths.
 
 Simulated workers obey the router (hold what they are assigned, drop what is cancelled,
-report what they hold, produce deterministic tokens). Whatever the sequence:
-every request ends exactly once (Done or Reject), none is held by two workers the router
-counts as live, a resumed request carries exactly the tokens produced so far, and at the
-end nothing is left hanging.
+report what they hold, run the latest turn, produce deterministic tokens). Whatever the
+sequence: every request ends exactly once (Done or Reject), none is held by two workers the
+router counts as live, a resumed request carries exactly the tokens produced so far, every
+turn lists only requests its worker holds for that model, the KV the scheduler keeps on a
+device fits in it, and at the end nothing is left hanging.
 """
 
 from hypothesis import settings
@@ -12,12 +13,16 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from services.router.config import PolicyConfig
-from services.router.decisions import Assign, Cancel, Done, Reject
+from services.router.decisions import Assign, Cancel, Done, Reject, StartTurn
 from services.router.policy import RouterPolicy
+from services.router.turns.held import pages_for
+from shared.protocol import TurnReport
 
 from .builders import MODELS, request, state, tokens
 
-CONFIG = PolicyConfig(worker_timeout_s=2.0, no_worker_grace_s=3.0, max_queue_per_model=4, max_running_per_worker=2)
+CONFIG = PolicyConfig(worker_timeout_s=2.0, no_worker_grace_s=3.0, max_queue_per_model=4, max_running_per_worker=3)
+BLOCK_TOKENS, TOTAL_PAGES = 4, 8
+MAX_TOKENS = 16  # builders.request's default
 
 
 def token(rid: str, index: int) -> int:
@@ -30,6 +35,8 @@ class SimWorker:
         self.alive, self.silent, self.seq = True, False, 0
         self.holding: dict[str, int] = {}
         """Request id -> next token index."""
+        self.turn = None
+        """The latest RunTurn it got."""
 
 
 class RouterMachine(RuleBasedStateMachine):
@@ -75,7 +82,7 @@ class RouterMachine(RuleBasedStateMachine):
     def restart(self, i):
         """A new process under the same id: it holds nothing and counts its reports from 1 again."""
         worker = self.workers[i % len(self.workers)]
-        worker.alive, worker.silent, worker.seq, worker.holding = True, False, 0, {}
+        worker.alive, worker.silent, worker.seq, worker.holding, worker.turn = True, False, 0, {}, None
         self.now += 0.1
         self.report_from(worker)
 
@@ -130,6 +137,31 @@ class RouterMachine(RuleBasedStateMachine):
         self.seen.setdefault(rid, set()).update(range(start, start + n))
         self.execute(self.policy.on_tokens(chunk, self.now))
 
+    @precondition(lambda self: any(w.alive and w.turn for w in self.workers))
+    @rule(i=st.integers(0, 50), steps=st.integers(1, 6), reason=st.sampled_from(("quota", "done", "replaced")))
+    def run_turn(self, i, steps, reason):
+        """A worker runs its turn (prefill turns: one token each) and reports it over."""
+        running = [w for w in self.workers if w.alive and w.turn]
+        worker = running[i % len(running)]
+        turn, worker.turn = worker.turn, None
+        prefilled = []
+        for rid in turn.request_ids:
+            if rid not in worker.holding or self.models[rid] != turn.model:
+                continue
+            start = worker.holding[rid]
+            n = min(1 if turn.until_prefilled else steps, MAX_TOKENS - start)
+            finish = start + n >= MAX_TOKENS
+            chunk = tokens(rid, start, tuple(token(rid, start + k) for k in range(n)), worker.worker_id, "length" if finish else None)
+            worker.holding[rid] = start + n
+            if finish:
+                del worker.holding[rid]
+            prefilled.append(rid)
+            self.chunks.append(chunk)
+            self.seen.setdefault(rid, set()).update(range(start, start + n))
+            self.execute(self.policy.on_tokens(chunk, self.now))
+        report = TurnReport(worker.worker_id, turn.turn_id, turn.model, reason, 0.01, 1, 3, 0.01, steps, steps, 10 * steps, 0.02 * steps, tuple(prefilled))
+        self.execute(self.policy.on_turn_report(report, self.now))
+
     @precondition(lambda self: self.chunks)
     @rule(i=st.integers(0, 100))
     def duplicate_chunk(self, i):
@@ -147,7 +179,11 @@ class RouterMachine(RuleBasedStateMachine):
 
     def report_from(self, worker: SimWorker):
         worker.seq += 1
-        msg = state(worker.worker_id, worker.seq, serving=worker.serving, running=tuple(worker.holding), ts=self.now)
+        msg = state(
+            worker.worker_id, worker.seq, serving=worker.serving, running=tuple(worker.holding), ts=self.now,
+            tiers={m: "host" for m in worker.serving}, total=TOTAL_PAGES, free=TOTAL_PAGES, block_tokens=BLOCK_TOKENS,
+            turn_id=worker.turn.turn_id if worker.turn else 0,
+        )
         self.execute(self.policy.on_worker_state(msg, self.now))
 
     def execute(self, decisions):
@@ -165,6 +201,16 @@ class RouterMachine(RuleBasedStateMachine):
                 assert d.resume_token_ids == tuple(token(rid, k) for k in range(produced))
                 if worker.alive:
                     worker.holding[rid] = len(d.resume_token_ids)
+            elif isinstance(d, StartTurn):
+                assert d.worker_id in live
+                schedule = self.policy.schedule_of(d.worker_id)
+                for rid in d.turn.request_ids:
+                    assert rid in schedule.held and schedule.held[rid].model == d.turn.model, (rid, d.turn)
+                assert set(d.turn.park) <= set(schedule.held) and not set(d.turn.park) & set(d.turn.request_ids)
+                self.kv_fits(schedule, d.turn)
+                worker = self.worker(d.worker_id)
+                if worker.alive:
+                    worker.turn = d.turn
             elif isinstance(d, Cancel):
                 self.worker(d.worker_id).holding.pop(d.request_id, None)
             elif isinstance(d, (Done, Reject)):
@@ -173,6 +219,16 @@ class RouterMachine(RuleBasedStateMachine):
                 self.ends[rid] = 1
                 if isinstance(d, Reject):
                     assert d.error.code == 404 if self.models[rid] == "unknown" else d.error.code in (429, 503)
+
+    def kv_fits(self, schedule, turn):
+        """After the turn's parking, the KV believed on the device fits, unless the turn's own
+        requests alone are more than the device holds (then the engine preempts by recompute)."""
+        def pages(held):
+            return pages_for(held.context, BLOCK_TOKENS)
+
+        on_device = sum(pages(h) for h in schedule.held.values() if h.on_device)
+        own = sum(pages(schedule.held[r]) for r in turn.request_ids)
+        assert on_device <= TOTAL_PAGES or own > TOTAL_PAGES, (on_device, own, turn)
 
     def worker(self, worker_id: str) -> SimWorker:
         return next(w for w in self.workers if w.worker_id == worker_id)
@@ -188,6 +244,14 @@ class RouterMachine(RuleBasedStateMachine):
                 for rid in w.holding:
                     holders.setdefault(rid, []).append(w.worker_id)
         assert all(len(ws) == 1 for ws in holders.values()), holders
+
+    @invariant()
+    def schedules_hold_what_the_router_assigned(self):
+        for w in self.workers:
+            schedule = self.policy.schedule_of(w.worker_id)
+            if schedule is not None:
+                assigned = {rid for rid in self.submitted if rid not in self.ends and self.policy.holder(rid) == w.worker_id}
+                assert set(schedule.held) == assigned
 
     @invariant()
     def unknown_models_never_wait(self):
