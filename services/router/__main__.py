@@ -50,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="token: models take SLO-sized turns (default); request: one model at a time until its requests finish",
     )
     parser.add_argument("--max-quota", type=float, default=p.max_quota_s, help="longest decode turn while others wait (s)")
+    parser.add_argument(
+        "--prefill-workers", type=int, default=p.prefill_workers,
+        help="disaggregated mode: this many workers only prefill, the rest only decode (default 0: both everywhere)",
+    )
     parser.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics here (0: a free port)")
     parser.add_argument("--metrics-host", default=d.metrics_host)
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR (default $TOKENPOOL_LOG_LEVEL)")
@@ -65,6 +69,7 @@ def build_config(args: argparse.Namespace) -> RouterConfig:
         weights=ScoreWeights(warmth=args.weight_warmth, load=args.weight_load, kv_headroom=args.weight_kv),
         scheduling=args.scheduling,
         max_quota_s=args.max_quota,
+        prefill_workers=args.prefill_workers,
     )
     return RouterConfig(
         nats=args.nats,

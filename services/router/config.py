@@ -83,9 +83,15 @@ class PolicyConfig:
     """Requests in one decode batch; more of one model are split into several batches."""
     turn_lost_after_s: float = 1.5
     """A turn the worker neither runs nor reported after this long counts as lost and is replanned."""
+    prefill_workers: int = 0
+    """Disaggregated mode: this many workers (the first by id) only prefill, the others only
+    decode; a request moves after its first token by recompute. 0: every worker does both.
+    With too few live workers the pool falls back to doing both everywhere."""
     time_priors: TimePriors = field(default_factory=TimePriors)
 
     def __post_init__(self):
+        if self.prefill_workers < 0:
+            raise ValueError("prefill_workers must be >= 0 (0 runs prefill and decode on every worker)")
         if self.scheduling not in SCHEDULING:
             raise ValueError(f"scheduling {self.scheduling!r}: use one of {', '.join(SCHEDULING)}")
         if self.max_quota_s <= 0 or self.min_switch_s < 0:

@@ -92,7 +92,7 @@ class RouterPolicy:
         if not self._served(model, now) and self._grace_over(model, now):
             return self._reject(request, no_worker(model), 0)
         queue = self._queues[model]
-        worker = None if queue else self._pick(model, now)
+        worker = None if queue else self._pick(model, now, fresh=True)
         if worker is None and len(queue) >= self.config.max_queue_per_model:
             return self._reject(request, queue_full(model, self.config.max_queue_per_model), 0)
         self._requests[rid] = tracked
@@ -155,6 +155,7 @@ class RouterPolicy:
             if tracked.worker_id is not None and chunk.worker_id in ("", tracked.worker_id):
                 produced_here = len(tracked.produced()) - tracked.resumed
                 self._schedules[tracked.worker_id].progress(chunk.request_id, produced_here)
+                return self._hand_over([tracked], now)
             return []
         holder = tracked.worker_id
         self._finish(chunk.request_id)
@@ -169,7 +170,8 @@ class RouterPolicy:
         if view is None or schedule is None:
             return []
         schedule.on_report(report, view)
-        return self._drive(now)
+        prefilled = [self._requests[r] for r in report.prefilled if r in self._requests]
+        return self._hand_over([t for t in prefilled if t.worker_id == report.worker_id], now) or self._drive(now)
 
     def cancel(self, request_id: str, now: float) -> list[Decision]:
         tracked = self._requests.get(request_id)
@@ -236,10 +238,22 @@ class RouterPolicy:
     def _reported_holder(self, rid: str, now: float) -> WorkerView | None:
         return next((v for v in self._live(now) if rid in v.reported_running), None)
 
-    def _pick(self, model: str, now: float) -> WorkerView | None:
+    def _roles(self, now: float) -> tuple[list[WorkerView], list[WorkerView]]:
+        """(prefill workers, decode workers). Disaggregated mode names the first
+        `prefill_workers` live workers (by id) prefill-only while at least one other is left;
+        otherwise every worker does both and the two lists are the same."""
+        live = sorted(self._live(now), key=lambda v: v.worker_id)
+        k = self.config.prefill_workers
+        if 0 < k < len(live):
+            return live[:k], live[k:]
+        return live, live
+
+    def _pick(self, model: str, now: float, fresh: bool) -> WorkerView | None:
         """A worker whose waiting prefill group of this model has room (grouped FCFS), else the
-        scorers' choice (warm, then least loaded)."""
-        live = self._live(now)
+        scorers' choice (warm, then least loaded). `fresh`: the request has no token yet, so in
+        disaggregated mode it goes to a prefill worker; else to a decode worker."""
+        prefill, decode = self._roles(now)
+        live = prefill if fresh else decode
         for view in live:
             schedule = self._schedules.get(view.worker_id)
             waiting = 0 if schedule is None else sum(
@@ -248,6 +262,25 @@ class RouterPolicy:
             if 0 < waiting % self.config.max_prefill_group and scoring.can_take(view, model, self.config):
                 return view
         return scoring.pick(live, model, self.config)
+
+    def _hand_over(self, prefilled: list[TrackedRequest], now: float) -> list[Decision]:
+        """Disaggregated mode: a request that got its first token on a prefill worker moves to
+        a decode worker, which re-prefills prompt + tokens (recompute; the KV is not shipped)."""
+        prefill, decode = self._roles(now)
+        if prefill is decode:
+            return []
+        prefill_ids = {v.worker_id for v in prefill}
+        decisions: list[Decision] = []
+        for tracked in prefilled:
+            if tracked.worker_id not in prefill_ids or not tracked.tokens:
+                continue
+            target = scoring.pick(decode, tracked.model, self.config)
+            if target is None:
+                continue  # no decode worker has room: it decodes where it is
+            holder = tracked.worker_id
+            self._workers_assigned_discard(tracked)
+            decisions += [Cancel(holder, tracked.request.id), self._assign(tracked, target)]
+        return decisions + self._drive(now) if decisions else []
 
     def _schedule(self, worker_id: str) -> WorkerSchedule:
         schedule = self._schedules.get(worker_id)
@@ -314,7 +347,7 @@ class RouterPolicy:
                 head = self._requests[queue[0]]
                 if best is not None and head.accepted_at >= best[0].accepted_at:
                     continue
-                worker = self._pick(model, now)
+                worker = self._pick(model, now, fresh=not head.tokens)
                 if worker is not None:
                     best = (head, worker)
             if best is None:

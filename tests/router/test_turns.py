@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from services.router.decisions import Assign
+from services.router.decisions import Assign, Cancel
 from services.router.slo.quota import TurnInput, decode_quotas
 
 from .turn_builders import GB, end_turn, first_tokens, make_policy, report, request, tokens, turns, worker_state
@@ -215,3 +215,27 @@ def test_a_dead_worker_takes_its_schedule_with_it():
     [turn] = turns(p.tick(1.6))
     assert turn.request_ids == ("r1",) and p.schedule_of("w1") is None
     assert p.holder("r1") == "w2"
+
+
+def test_disaggregated_mode_prefills_on_one_worker_and_decodes_on_another():
+    p = make_policy(prefill_workers=1)
+    p.on_worker_state(worker_state("w0"), 0.0)
+    p.on_worker_state(worker_state("w1"), 0.0)
+    decisions = p.submit(request("r1", "a"), 0.1)
+    assert [d.worker_id for d in decisions if isinstance(d, Assign)] == ["w0"]
+    [t1] = turns(decisions)
+    assert t1.until_prefilled
+    moved = p.on_tokens(tokens("r1", 0, (7,), "w0"), 0.2)
+    assert Cancel("w0", "r1") in moved
+    [assign] = [d for d in moved if isinstance(d, Assign)]
+    assert (assign.worker_id, assign.resume_token_ids) == ("w1", (7,))  # recompute from prompt + token
+    [t2] = turns(moved)
+    assert (t2.model, t2.request_ids) == ("a", ("r1",)) and p.holder("r1") == "w1"
+
+
+def test_disaggregated_mode_with_one_live_worker_does_both_there():
+    p = make_policy(prefill_workers=1)
+    p.on_worker_state(worker_state("w1"), 0.0)
+    [t1] = start(p, "r1", "a", 0.1)
+    [t2] = prefill(p, t1, 0.2)
+    assert p.holder("r1") == "w1" and not t2.until_prefilled
