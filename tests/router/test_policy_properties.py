@@ -8,6 +8,8 @@ turn lists only requests its worker holds for that model, the KV the scheduler k
 device fits in it, and at the end nothing is left hanging.
 """
 
+from dataclasses import replace
+
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -40,10 +42,11 @@ class SimWorker:
 
 
 class RouterMachine(RuleBasedStateMachine):
+    config = CONFIG
     def __init__(self):
         super().__init__()
         self.now = 0.0
-        self.policy = RouterPolicy(MODELS, CONFIG, now=self.now)
+        self.policy = RouterPolicy(MODELS, self.config, now=self.now)
         self.workers: list[SimWorker] = []
         self.submitted: list[str] = []
         self.models: dict[str, str] = {}
@@ -267,5 +270,13 @@ class RouterMachine(RuleBasedStateMachine):
         assert self.policy.snapshot(self.now).pending == 0
 
 
+class DisaggregatedMachine(RouterMachine):
+    """The same world with one prefill-only worker: requests also move after their first token."""
+
+    config = replace(CONFIG, prefill_workers=1)
+
+
 RouterMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=60, deadline=None)
 test_router_policy_properties = RouterMachine.TestCase
+DisaggregatedMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=60, deadline=None)
+test_disaggregated_policy_properties = DisaggregatedMachine.TestCase
