@@ -75,6 +75,9 @@ class PolicyConfig:
     request: one model at a time per worker until its requests finish (the baseline)."""
     max_quota_s: float = 2.0
     """The longest decode turn while other models wait (Q_max of the quota formula)."""
+    min_turn_steps: int = 4
+    """The shortest bounded decode turn, in steps of its batch (the quota formula may ask for
+    less when switches are cheap; each turn costs a bus round trip)."""
     min_switch_s: float = 0.002
     """The least a change of turn is assumed to cost, even between batches of one model."""
     max_prefill_group: int = 8
@@ -96,6 +99,8 @@ class PolicyConfig:
             raise ValueError(f"scheduling {self.scheduling!r}: use one of {', '.join(SCHEDULING)}")
         if self.max_quota_s <= 0 or self.min_switch_s < 0:
             raise ValueError("max_quota_s must be > 0 and min_switch_s >= 0")
+        if self.min_turn_steps < 1:
+            raise ValueError("min_turn_steps must be >= 1")
         if self.max_prefill_group < 1 or self.max_batch_size < 1:
             raise ValueError("max_prefill_group and max_batch_size must be >= 1")
         if self.turn_lost_after_s <= 0:

@@ -134,13 +134,15 @@ def greedy_reference(model_store):
     from services.gpu_worker.engine.generate import run_to_completion
     from services.gpu_worker.engine.sequence import EngineRequest, SamplingParams
 
-    engine = Engine(EngineConfig(kv_arena_bytes=64 << 20), {m: model_store.path(m) for m in MODELS})
+    models = (*MODELS, "demo-mistral")
+    engine = Engine(EngineConfig(kv_arena_bytes=64 << 20), {m: model_store.path(m) for m in models})
     cache: dict = {}
 
-    def reference(model: str, prompt_ids: tuple[int, ...], max_tokens: int) -> list[int]:
-        key = (model, prompt_ids, max_tokens)
+    def reference(model: str, prompt_ids: tuple[int, ...], max_tokens: int, ignore_eos: bool = False) -> list[int]:
+        key = (model, prompt_ids, max_tokens, ignore_eos)
         if key not in cache:
-            request = EngineRequest("ref", model, prompt_ids, SamplingParams(max_tokens=max_tokens, temperature=0))
+            params = SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=ignore_eos)
+            request = EngineRequest("ref", model, prompt_ids, params)
             cache[key] = run_to_completion(engine, [request])["ref"].token_ids
         return cache[key]
 

@@ -176,7 +176,10 @@ class WorkerSchedule:
             switch = self.estimates.switch_s(weight_bytes) if model != previous else 0.0
             inputs.append(TurnInput(str(i), step, max(switch, c.min_switch_s), min(h.tbt_s for h in batch)))
         quotas = decode_quotas(inputs, c.max_quota_s)
-        return [([h.request_id for h in b], quotas[str(i)]) for i, b in enumerate(batches)]
+        # The formula can ask for less than a step when switches are cheap; a turn that short
+        # pays a bus round trip per token, so a turn lasts at least min_turn_steps steps.
+        floor = {t.model: c.min_turn_steps * t.step_s for t in inputs}
+        return [([h.request_id for h in b], max(quotas[str(i)], floor[str(i)])) for i, b in enumerate(batches)]
 
     def _batch_now(self, ids: list[str], view: WorkerView) -> list[Held]:
         """The batch as it stands at its turn: finished requests gone, and newly prefilled

@@ -1,0 +1,97 @@
+"""Token-level scheduling on the real stack: 4 models share one CPU worker.
+
+Concurrent streams to all four make progress together (their tokens interleave in time:
+every stream has produced tokens before any finishes) and every output equals that model's
+greedy output run alone. Under request-level scheduling the same load runs one model after
+another: the second test shows the difference a user would see, from the same workload.
+"""
+
+import asyncio
+import time
+
+import pytest
+
+from shared.tokenizer import Tokenizer
+
+from .conftest import Stack, write_catalog
+
+MODELS = ("smollm2-135m-instruct", "demo-llama", "demo-qwen2", "demo-mistral")
+PROMPT = "Once upon a time, in a land far away,"
+TOKENS = 32
+
+
+def start_stack(tmp_path_factory, model_store, scheduling: str) -> Stack:
+    catalog = write_catalog(tmp_path_factory.mktemp("catalog") / "catalog.toml", model_store.root, MODELS)
+    s = Stack(tmp_path_factory.mktemp(f"stack-{scheduling}"), catalog)
+    s.nats.start()
+    s.start_service("router", "services.router", "--scheduling", scheduling)
+    s.start_worker("worker-0")
+    s.start_service("gateway", "services.gateway", "--host", "127.0.0.1", "--port", str(s.port))
+    s.wait_healthy()
+    return s
+
+
+@pytest.fixture(scope="module")
+def tok(model_store):
+    return Tokenizer(model_store.path(MODELS[0]))
+
+
+def stream_all(base_url: str) -> dict[str, tuple[list[float], str, list[str]]]:
+    """One streamed completion per model at once: {model: (token times, text, finish reasons)}."""
+    from openai import AsyncOpenAI
+
+    async def one(client, model):
+        times, parts, reasons = [], [], []
+        stream = await client.completions.create(
+            model=model, prompt=PROMPT, max_tokens=TOKENS, temperature=0, stream=True,
+            extra_body={"ignore_eos": True},
+        )
+        async for chunk in stream:
+            if chunk.choices:
+                times.append(time.monotonic())
+                parts.append(chunk.choices[0].text)
+                if chunk.choices[0].finish_reason:
+                    reasons.append(chunk.choices[0].finish_reason)
+        return model, (times, "".join(parts), reasons)
+
+    async def main():
+        client = AsyncOpenAI(base_url=base_url + "/v1", api_key="unused", max_retries=0, timeout=300)
+        try:
+            return dict(await asyncio.gather(*(one(client, m) for m in MODELS)))
+        finally:
+            await client.close()
+
+    return asyncio.run(main())
+
+
+def progress_before_first_finish(results) -> dict[str, int]:
+    """How many chunks each stream had received when the first stream ended."""
+    first_end = min(times[-1] for times, _, _ in results.values())
+    return {m: sum(t < first_end for t in times) for m, (times, _, _) in results.items()}
+
+
+def test_four_models_on_one_worker_interleave_and_match_greedy_alone(tmp_path_factory, model_store, tok, greedy_reference):
+    stack = start_stack(tmp_path_factory, model_store, "token")
+    try:
+        results = stream_all(stack.base_url)
+    finally:
+        stack.stop()
+    for model, (times, text, reasons) in results.items():
+        expected = greedy_reference(model, tuple(tok.encode(PROMPT)), TOKENS, ignore_eos=True)
+        assert text == tok.decode(expected), model
+        assert reasons == ["length"]
+    progress = progress_before_first_finish(results)
+    # Every stream was well under way before any of them finished: the models took turns.
+    assert all(n >= 3 for n in progress.values()), progress
+
+
+def test_request_level_scheduling_serves_the_same_load_one_model_at_a_time(tmp_path_factory, model_store):
+    stack = start_stack(tmp_path_factory, model_store, "request")
+    try:
+        results = stream_all(stack.base_url)
+    finally:
+        stack.stop()
+    assert all(reasons == ["length"] for _, _, reasons in results.values())
+    progress = progress_before_first_finish(results)
+    # One model ran to the end while the others had not started (they waited for the worker).
+    assert sorted(progress.values()).count(0) >= 2, progress
