@@ -7,8 +7,10 @@ Usage:
 
 Environment fallbacks: TOKENPOOL_NATS_URL, TOKENPOOL_CATALOG, TOKENPOOL_WORKER_ID,
 TOKENPOOL_DEVICE, TOKENPOOL_LOG_LEVEL, TOKENPOOL_MODEL_STORE. Sizes take KiB/MiB/GiB suffixes.
-SIGTERM or SIGINT drains: no new work, running requests get --drain-timeout seconds to
-finish, the rest fail with 503 "worker shutting down". Exit status 2 on a configuration error.
+The router's RunTurn commands decide what the worker computes and when; requests assigned
+to it wait for a turn. SIGTERM or SIGINT drains: no new work, held requests get
+--drain-timeout seconds to finish in the router's turns, the rest are released silently for
+the router to move. Exit status 2 on a configuration error.
 """
 
 from __future__ import annotations
@@ -51,7 +53,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch-size", type=int, default=WorkerConfig.max_batch_size)
     p.add_argument("--max-batch-tokens", type=int, default=WorkerConfig.max_batch_tokens)
     p.add_argument("--report-interval", type=float, default=WorkerConfig.report_interval_s, help="seconds between WorkerState reports")
-    p.add_argument("--min-turn-steps", type=int, default=WorkerConfig.min_turn_steps, help="steps per model turn when several have work")
     p.add_argument("--drain-timeout", type=float, default=WorkerConfig.drain_timeout_s, help="seconds to finish requests on SIGTERM")
     p.add_argument("--engine", choices=ENGINES, default=WorkerConfig.engine,
                    help="torch (default) or echo: no compute, tokens echo the prompt (control-plane benchmarks)")
@@ -79,7 +80,6 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         max_batch_size=args.max_batch_size,
         max_batch_tokens=args.max_batch_tokens,
         report_interval_s=args.report_interval,
-        min_turn_steps=args.min_turn_steps,
         drain_timeout_s=args.drain_timeout,
         engine=args.engine,
         echo_step_s=args.echo_step_s,

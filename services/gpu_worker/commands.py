@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from services.gpu_worker.engine.engine import EngineStats
-from shared.protocol import AssignRequest, TokenChunk
+from shared.protocol import AssignRequest, RunTurn, TokenChunk, TurnReport
 
 
 # ---- commands (asyncio -> thread) ---------------------------------------------------
@@ -14,6 +14,15 @@ from shared.protocol import AssignRequest, TokenChunk
 @dataclass(frozen=True)
 class Assign:
     msg: AssignRequest
+    headers: dict | None = None
+    """NATS headers of the command, carrying the W3C trace context."""
+
+
+@dataclass(frozen=True)
+class Turn:
+    """Run the router's turn; it replaces a running one at the next step boundary."""
+
+    msg: RunTurn
     headers: dict | None = None
     """NATS headers of the command, carrying the W3C trace context."""
 
@@ -40,10 +49,19 @@ class Stop:
     """Ends the loop; requests still held are released silently so that the router moves them."""
 
 
-Command = Assign | Cancel | Prefetch | Place | Stop
+Command = Assign | Turn | Cancel | Prefetch | Place | Stop
 
 
 # ---- results (thread -> asyncio) ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the router needs of a served model to plan its KV and its switches."""
+
+    block_tokens: int
+    """Tokens one KV page holds for this model."""
+    weight_bytes: int
 
 
 @dataclass(frozen=True)
@@ -51,6 +69,10 @@ class Snapshot:
     ready: bool
     stats: EngineStats
     running: tuple[str, ...]
+    turn_id: int = 0
+    """The turn being run; 0 when none is."""
+    shapes: tuple[tuple[str, ModelShape], ...] = ()
+    """(model, shape) for each served model."""
 
 
 @dataclass(frozen=True)
@@ -62,3 +84,5 @@ class Outbox:
     """A request arrived or ended, or the active model or a model's tier changed."""
     fatal: str | None = None
     """Set when the thread cannot go on (the engine could not be built or preloaded)."""
+    reports: tuple[TurnReport, ...] = ()
+    """Turns that ended, in order; published after this outbox's chunks."""

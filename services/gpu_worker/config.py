@@ -55,8 +55,6 @@ class WorkerConfig:
     """Most prompt tokens computed in one prefill step (longer prompts are chunked)."""
     report_interval_s: float = 0.5
     """Seconds between WorkerState reports (more come on every change)."""
-    min_turn_steps: int = 4
-    """Steps a model keeps the engine before another model with work gets its turn."""
     drain_timeout_s: float = 10.0
     """On SIGTERM, how long in-flight requests may run before they are released to the router."""
     engine: str = "torch"
@@ -89,8 +87,6 @@ class WorkerConfig:
             raise ValueError("max_batch_size and max_batch_tokens must be at least 1")
         if self.report_interval_s <= 0:
             raise ValueError(f"report_interval_s must be positive, got {self.report_interval_s}")
-        if self.min_turn_steps < 1:
-            raise ValueError(f"min_turn_steps must be at least 1, got {self.min_turn_steps}")
         if self.drain_timeout_s < 0:
             raise ValueError(f"drain_timeout_s must be >= 0, got {self.drain_timeout_s}")
         if self.engine not in ENGINES:

@@ -9,17 +9,20 @@ the whole control plane (gateway, router, worker, bus) with no torch compute and
 what the serving benchmark needs to measure what the bus adds per token. Requests are vetted
 like the real engine's (SamplingParams.validate, vocabulary, context window, read from each
 model's config.json); every catalog model counts as resident on the device. `step_s` sleeps
-in each step to stand in for a model's step time.
+in each step to stand in for a model's step time. Like the real engine, a step is a prefill
+(requests without a token yet, each getting its first) or else a decode, and `step(request_ids)`
+limits it to those requests; `last_step` says what it computed.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.gpu_worker.engine.config import ModelConfig, load_model_config
-from services.gpu_worker.engine.engine import EngineStats, StepOutput
+from services.gpu_worker.engine.engine import EngineStats, StepInfo, StepOutput
 from services.gpu_worker.engine.errors import InvalidRequestError, UnknownModelError
 from services.gpu_worker.engine.residency import Tier
 from services.gpu_worker.engine.sequence import EngineRequest
@@ -44,6 +47,8 @@ class EchoSequence:
 class EchoSlot:
     cfg: ModelConfig
     block_tokens: int = ECHO_BLOCK_TOKENS
+    weight_bytes: int = 0
+    """No weights: a switch copies nothing."""
 
 
 class EchoEngine:
@@ -60,6 +65,7 @@ class EchoEngine:
         self._slots: dict[str, EchoSlot] = {}
         self._seqs: dict[str, EchoSequence] = {}
         """In arrival order: the first max_batch_size of the active model run, the rest wait."""
+        self.last_step: StepInfo | None = None
 
     # ---- model memory (nothing moves) -----------------------------------------------
 
@@ -130,15 +136,27 @@ class EchoEngine:
     def models_with_work(self) -> list[str]:
         return sorted({s.request.model for s in self._seqs.values()})
 
-    def step(self) -> list[StepOutput]:
-        """One token for each running request of the active model: its prompt, cyclically."""
+    def step(self, request_ids: Collection[str] | None = None) -> list[StepOutput]:
+        """One token for each stepping request of the active model: its prompt, cyclically.
+
+        Requests without a token yet go first, on their own (a prefill step), as in the real engine.
+        """
+        self.last_step = None
         if self.active is None:
             return []
-        batch = [s for s in self._seqs.values() if s.request.model == self.active][: self.max_batch_size]
+        only = None if request_ids is None else set(request_ids)
+        seqs = [
+            s
+            for s in self._seqs.values()
+            if s.request.model == self.active and (only is None or s.request.request_id in only)
+        ]
+        fresh = [s for s in seqs if s.produced == 0]
+        batch = (fresh or seqs)[: self.max_batch_size]
         if not batch:
             return []
         if self.step_s:
             time.sleep(self.step_s)
+        computed = sum(len(s.token_ids) for s in batch) if fresh else len(batch)
         cfg = self._slots[self.active].cfg
         outputs = []
         for seq in batch:
@@ -155,6 +173,8 @@ class EchoEngine:
                 del self._seqs[seq.request.request_id]
             logprob = 0.0 if params.logprobs else None  # the echo is certain
             outputs.append(StepOutput(seq.request.request_id, self.active, token, seq.produced - 1, logprob, reason))
+        context = sum(len(s.token_ids) - 1 for s in batch)  # the sampled token is not attended yet
+        self.last_step = StepInfo(bool(fresh), len(batch), computed, context)
         return outputs
 
     # ---- introspection --------------------------------------------------------------
@@ -175,6 +195,9 @@ class EchoEngine:
 
     def sequence(self, request_id: str) -> EchoSequence | None:
         return self._seqs.get(request_id)
+
+    def synchronize(self) -> None:
+        pass
 
     def close(self) -> None:
         pass

@@ -1,10 +1,16 @@
 """The engine loop, in the one thread that owns the Engine (the engine is not thread-safe).
 
-    take commands -> pick the model (multiplexer) -> activate it -> engine.step() -> hand outputs over
+    take commands -> start the router's turn (park, switch, prefetch) -> engine.step(its requests)
+    -> hand the tokens over -> end the turn when turn.py says so -> report it -> wait for the next
 
-asyncio talks to it through `submit(command)`; the thread hands each step's TokenChunks
-and a state snapshot back through `deliver(Outbox)`, which the service wraps with
-loop.call_soon_threadsafe. With no work the thread blocks on its command queue.
+The router decides which model computes and for which requests (RunTurn); the thread runs
+that turn step by step without a bus round trip per token, and reports it (TurnReport) when
+it ends. Requests assigned but in no turn wait here. A RunTurn that arrives while another
+runs replaces it at the next step boundary (the old one is reported first).
+
+asyncio talks to it through `submit(command)`; the thread hands each step's TokenChunks,
+finished turns' reports and a state snapshot back through `deliver(Outbox)`, which the
+service wraps with loop.call_soon_threadsafe. With no turn the thread blocks on its queue.
 """
 
 from __future__ import annotations
@@ -12,11 +18,12 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from shared.tracing import SpanBook, tracer
-from services.gpu_worker import multiplexer
+from opentelemetry import trace
+
 from services.gpu_worker.assignments import (
     Assignment,
     assignment,
@@ -30,17 +37,20 @@ from services.gpu_worker.commands import (
     Assign,
     Cancel,
     Command,
+    ModelShape,
     Outbox,
     Place,
     Prefetch,
     Snapshot,
     Stop,
+    Turn,
 )
 from services.gpu_worker.engine.engine import Engine
 from services.gpu_worker.engine.errors import EngineError
 from services.gpu_worker.engine.residency import Tier
-from services.gpu_worker.engine.scheduler import pages_needed
-from shared.protocol import AssignRequest, ErrorInfo, TokenChunk
+from services.gpu_worker.turn import RunningTurn
+from shared.protocol import AssignRequest, ErrorInfo, TokenChunk, TurnReport
+from shared.tracing import SpanBook, extract, tracer
 
 log = logging.getLogger("tokenpool.gpu_worker.engine_thread")
 
@@ -48,6 +58,7 @@ log = logging.getLogger("tokenpool.gpu_worker.engine_thread")
 @dataclass
 class _Pending:
     chunks: list[tuple[str, TokenChunk]] = field(default_factory=list)
+    reports: list[TurnReport] = field(default_factory=list)
     changed: bool = False
 
 
@@ -58,22 +69,28 @@ class EngineThread:
         models: list[str],
         context_lengths: dict[str, int | None],
         worker_id: str,
-        min_turn_steps: int,
         deliver: Callable[[Outbox], None],
+        clock: Callable[[], float] = time.perf_counter,
     ):
         self._make_engine = make_engine
         self._models = list(models)
         self._context_lengths = context_lengths
         self._worker_id = worker_id
-        self._min_turn_steps = min_turn_steps
         self._deliver = deliver
+        self._clock = clock
         self._commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
         self._engine: Engine | None = None
+        self._shapes: tuple[tuple[str, ModelShape], ...] = ()
         self._requests: dict[str, Assignment] = {}
         self._spans = SpanBook()
         self._prefilling: set[str] = set()
-        self._turn = multiplexer.Turn(None)
+        self._turn: RunningTurn | None = None
+        self._turn_span: trace.Span | None = None
+        self._next: Turn | None = None
+        """The latest RunTurn not started yet; it starts at the next step boundary."""
+        self._idle_since: float | None = None
+        """When the latest turn ended (or the engine became ready); None while a turn runs or takes over."""
         self._ready = False
         self._pending = _Pending()
 
@@ -104,6 +121,7 @@ class EngineThread:
         except Exception as e:
             log.exception("engine loop failed")
             self._fail_all(_server_error(e))
+            self._close_turn_span("error")
             self._flush(fatal=f"engine loop failed: {type(e).__name__}: {e}")
         finally:
             self._close()
@@ -119,18 +137,25 @@ class EngineThread:
             self._flush()
         if self._models:
             self._engine.activate(self._models[0])
+        shapes = {name: self._engine.slot(name) for name in self._models}
+        self._shapes = tuple((n, ModelShape(s.block_tokens, s.weight_bytes)) for n, s in shapes.items())
         self._ready = True
+        self._idle_since = self._clock()
         self._pending.changed = True
         self._flush()
 
     def _loop_once(self) -> bool:
-        for command in self._take_commands(block=not self._engine.has_work()):
+        for command in self._take_commands(block=self._turn is None):
             if isinstance(command, Stop):
                 self._release_all()
+                self._close_turn_span("stopped")
                 self._flush()
                 return False
             self._apply(command)
-        if self._engine.has_work():
+        if self._next is not None:
+            command, self._next = self._next, None
+            self._begin(command)
+        if self._turn is not None:
             self._step()
         self._flush()
         return True
@@ -145,19 +170,24 @@ class EngineThread:
 
     def _flush(self, fatal: str | None = None) -> None:
         p = self._pending
-        if not (p.chunks or p.changed or fatal):
+        if not (p.chunks or p.reports or p.changed or fatal):
             return
         self._pending = _Pending()
-        self._deliver(Outbox(tuple(p.chunks), self._snapshot(), p.changed, fatal))
+        self._deliver(Outbox(tuple(p.chunks), self._snapshot(), p.changed, fatal, reports=tuple(p.reports)))
 
     def _snapshot(self) -> Snapshot:
-        return Snapshot(self._ready, self._engine.stats(), tuple(sorted(self._requests)))
+        turn_id = self._turn.turn_id if self._turn is not None else 0
+        return Snapshot(self._ready, self._engine.stats(), tuple(sorted(self._requests)), turn_id, self._shapes)
 
     # ---- commands -------------------------------------------------------------------
 
     def _apply(self, command: Command) -> None:
         if isinstance(command, Assign):
             self._assign(command.msg, command.headers)
+        elif isinstance(command, Turn):
+            if self._next is not None:  # never started: a newer one came in the same breath
+                self._begin(self._next, superseded=True)
+            self._next = command
         elif isinstance(command, Cancel):
             self._cancel(command.request_id)
         elif isinstance(command, Prefetch):
@@ -192,6 +222,8 @@ class EngineThread:
         self._engine.abort(request_id)
         if self._requests.pop(request_id, None) is not None:
             self._pending.changed = True
+        if self._turn is not None:
+            self._turn.drop(request_id)
 
     def _prefetch(self, model: str) -> None:
         try:
@@ -227,43 +259,120 @@ class EngineThread:
         for request_id in list(self._requests):
             self._fail(request_id, error)
 
-    def _fail_model(self, model: str, error: ErrorInfo) -> None:
-        for request_id in [r for r, a in self._requests.items() if a.model == model]:
-            self._fail(request_id, error)
-
     def _fail(self, request_id: str, error: ErrorInfo) -> None:
         self._end_spans(request_id, outcome="failed", error=error.code)
         self._engine.abort(request_id)
         a = self._requests.pop(request_id)
         self._emit(a, error_chunk(a, error, self._worker_id))
+        if self._turn is not None:
+            self._turn.drop(request_id)
 
     def _emit(self, a: Assignment, chunk: TokenChunk) -> None:
         self._pending.chunks.append((a.token_subject, chunk))
         self._pending.changed |= chunk.finish_reason is not None or chunk.error is not None
 
-    # ---- one step -------------------------------------------------------------------
+    # ---- turns ----------------------------------------------------------------------
 
-    def _step(self) -> None:
-        decision = multiplexer.decide(self._engine.models_with_work(), self._turn, self._min_turn_steps)
-        model = decision.model
-        if model is None:
+    def _begin(self, command: Turn, superseded: bool = False) -> None:
+        """Starts the router's turn: the running one (if any) ends as replaced; the park list goes
+        to host memory; the model is made computable (timed: switch_s); the prefetch starts.
+        A `superseded` turn never starts: a newer one arrived with it; it is only reported."""
+        msg = command.msg
+        if self._turn is not None:
+            self._end_turn("replaced")
+        idle_s = 0.0
+        if self._idle_since is not None and not superseded:
+            idle_s = max(self._clock() - self._idle_since, 0.0)
+        attributes = {"turn_id": msg.turn_id, "model": msg.model, "quota_s": msg.quota_s}
+        self._turn_span = tracer().start_span("worker.turn", context=extract(command.headers), attributes=attributes)
+        if superseded:
+            self._turn = RunningTurn.start(msg, ())
+            self._end_turn("replaced", idle_after=False)
+            return
+        self._idle_since = None
+        self._park(msg.park)
+        self._turn = turn = RunningTurn.start(msg, self._turn_requests(msg), idle_s)
+        log.debug("turn %d: %s for %s, quota %.3f s", msg.turn_id, msg.model, ", ".join(turn.requests), msg.quota_s)
+        if turn.requests:
+            try:
+                turn.switch_s = self._make_computable(msg.model, turn.requests)
+            except Exception as e:
+                log.exception("turn %d: could not switch to %s; failing its requests", msg.turn_id, msg.model)
+                self._fail_turn(_server_error(e))
+                return
+        if msg.prefetch:
+            self._start_prefetch(msg.prefetch, msg.model)
+
+    def _turn_requests(self, msg) -> tuple[str, ...]:
+        """The listed requests this worker holds for the turn's model; others are ignored."""
+        ids = []
+        for request_id in dict.fromkeys(msg.request_ids):
+            a = self._requests.get(request_id)
+            if a is None:
+                log.debug("turn %d: request %s is not held here (finished or cancelled?)", msg.turn_id, request_id)
+            elif a.model != msg.model:
+                log.warning(
+                    "turn %d is for %s but lists request %s of %s; ignoring that request",
+                    msg.turn_id, msg.model, request_id, a.model,
+                )
+            else:
+                ids.append(request_id)
+        return tuple(ids)
+
+    def _park(self, request_ids: tuple[str, ...]) -> None:
+        if not request_ids:
             return
         try:
-            if self._engine.active != model:
-                self._switch_to(model)
-            self._turn = multiplexer.advance(self._turn, decision)
-            if decision.prefetch and self._engine.tier(decision.prefetch) is Tier.HOST:
-                self._prefetch(decision.prefetch)  # its copy overlaps this model's steps
-            outputs = self._engine.step()
-        except Exception as e:
-            log.exception("step of model %s failed; failing its requests", model)
-            self._turn = multiplexer.Turn(None)
-            self._fail_model(model, _server_error(e))
+            if self._engine.swap_out(request_ids=request_ids):
+                self._pending.changed = True
+        except EngineError as e:
+            log.warning("could not park %d requests' KV in host memory: %s", len(request_ids), e)
+
+    def _make_computable(self, model: str, request_ids: tuple[str, ...]) -> float:
+        """Activates the model and swaps its turn's requests back in; returns the seconds it took."""
+        started = self._clock()
+        previous = self._engine.active
+        if previous != model:
+            with tracer().start_as_current_span(
+                "worker.model_switch",
+                context=trace.set_span_in_context(self._turn_span),
+                attributes={"from": previous or "", "to": model},
+            ):
+                self._engine.activate(model)
+            self._pending.changed = True
+        if self._engine.swap_in(model=model, request_ids=request_ids):
+            self._pending.changed = True
+        self._engine.synchronize()
+        return self._clock() - started
+
+    def _start_prefetch(self, model: str, computing: str) -> None:
+        if model == computing:
             return
+        if model not in self._models:
+            log.warning("prefetch of %s ignored: this worker does not serve it", model)
+        elif self._engine.tier(model) is Tier.HOST:
+            self._prefetch(model)  # its copy overlaps this turn's steps
+
+    def _step(self) -> None:
+        turn = self._turn
+        if self._end_if_over(turn):
+            return
+        started = self._clock()
+        try:
+            outputs = self._engine.step(turn.open)
+        except Exception as e:
+            log.exception("turn %d: a step of %s failed; failing its requests", turn.turn_id, turn.model)
+            self._fail_turn(_server_error(e))
+            return
+        seconds = self._clock() - started
+        produced, first, finished = [], [], []
         for out in outputs:
             a = self._requests.get(out.request_id)
             if a is None:
                 continue
+            produced.append(out.request_id)
+            if a.produced == 0:
+                first.append(out.request_id)
             self._emit(a, token_chunk(a, out, self._worker_id))
             if out.request_id in self._prefilling:
                 self._prefilling.discard(out.request_id)
@@ -271,42 +380,52 @@ class EngineThread:
                 self._spans.end(out.request_id)
                 self._spans.start(out.request_id, "worker.decode", parent, model=a.model)
             if out.finish_reason is not None:
+                finished.append(out.request_id)
                 self._end_spans(out.request_id, outcome=out.finish_reason, tokens=a.next_index)
                 log.debug("request %s finished (%s) after %d tokens", a.request_id, out.finish_reason, a.next_index)
                 del self._requests[out.request_id]
+        turn.stepped(self._engine.last_step, started, seconds, produced, first, finished)
+        self._end_if_over(turn)
 
-    def _switch_to(self, model: str) -> None:
-        previous = self._engine.active
-        if previous is not None:
-            stats = self._engine.stats()
-            if multiplexer.should_swap_out(self._kv_pages(previous), stats.free_pages, self._pages_wanted(model)):
-                try:
-                    self._engine.swap_out(model=previous)
-                except EngineError as e:
-                    log.warning("could not park %s's KV in host memory: %s", previous, e)
-        with tracer().start_as_current_span("worker.model_switch", attributes={"from": previous or "", "to": model}):
-            self._engine.activate(model)
-        self._pending.changed = True
+    def _end_if_over(self, turn: RunningTurn) -> bool:
+        reason = turn.end_reason(self._clock())
+        if reason is not None:
+            self._end_turn(reason)
+        return reason is not None
+
+    def _fail_turn(self, error: ErrorInfo) -> None:
+        for request_id in list(self._turn.open):
+            if request_id in self._requests:
+                self._fail(request_id, error)
+        self._end_turn("error")
+
+    def _end_turn(self, reason: str, idle_after: bool = True) -> None:
+        """Reports the turn. The worker is idle from now on, unless a newer turn replaces it."""
+        turn, self._turn = self._turn, None
+        self._pending.reports.append(turn.report(self._worker_id, reason, time.time()))
+        self._close_turn_span(
+            reason,
+            prefill_steps=turn.prefill_steps,
+            decode_steps=turn.decode_steps,
+            switch_s=turn.switch_s,
+            requests=len(turn.requests),
+        )
+        if idle_after:
+            self._idle_since = None if reason == "replaced" else self._clock()
+        log.debug(
+            "turn %d of %s ended (%s): %d prefill + %d decode steps, switch %.4f s",
+            turn.turn_id, turn.model, reason, turn.prefill_steps, turn.decode_steps, turn.switch_s,
+        )
+
+    def _close_turn_span(self, reason: str, **attributes) -> None:
+        span, self._turn_span = self._turn_span, None
+        if span is not None:
+            span.set_attributes({"reason": reason, **attributes})
+            span.end()
 
     def _end_spans(self, request_id: str, **attributes) -> None:
         self._prefilling.discard(request_id)
         self._spans.end(request_id, **attributes)
-
-    def _sequences(self, model: str):
-        for request_id, a in self._requests.items():
-            if a.model == model and (seq := self._engine.sequence(request_id)) is not None:
-                yield seq
-
-    def _kv_pages(self, model: str) -> int:
-        return sum(len(seq.pages) for seq in self._sequences(model))
-
-    def _pages_wanted(self, model: str) -> int:
-        """Device pages the model's sequences need to take their next step."""
-        block = self._engine.slot(model).block_tokens
-        return sum(
-            len(seq.host_pages) or max(pages_needed(len(seq.token_ids) + 1, block) - len(seq.pages), 0)
-            for seq in self._sequences(model)
-        )
 
 
 def _server_error(e: Exception) -> ErrorInfo:

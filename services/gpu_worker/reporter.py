@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from services.gpu_worker.engine.residency import Tier
-from services.gpu_worker.commands import Snapshot
+from services.gpu_worker.commands import ModelShape, Snapshot
 from shared.protocol import ModelResidency, WorkerState
 
 
@@ -21,7 +21,8 @@ def worker_state(
         models = tuple(ModelResidency(m, Tier.DISK.value) for m in serving)
         return WorkerState(worker_id, False, tuple(serving), models, None, (), 0, 0, device, seq, now)
     stats = snapshot.stats
-    models = tuple(ModelResidency(m, stats.models.get(m, Tier.DISK.value)) for m in serving)
+    shapes = dict(snapshot.shapes)
+    models = tuple(_residency(m, stats.models.get(m, Tier.DISK.value), shapes.get(m)) for m in serving)
     return WorkerState(
         worker_id=worker_id,
         ready=snapshot.ready and accepting,
@@ -34,4 +35,11 @@ def worker_state(
         device=device,
         seq=seq,
         ts=now,
+        turn_id=snapshot.turn_id,
     )
+
+
+def _residency(name: str, tier: str, shape: ModelShape | None) -> ModelResidency:
+    if shape is None:
+        return ModelResidency(name, tier)
+    return ModelResidency(name, tier, shape.block_tokens, shape.weight_bytes)

@@ -3,8 +3,10 @@
     async with GpuWorker(config) as worker:
         await worker.run()        # until SIGTERM/SIGINT or worker.stop()
 
-Commands on worker_commands(id) go to the engine thread; its TokenChunks are published
-in order by one task; WorkerState goes out every report_interval_s and on every change.
+Commands on worker_commands(id) go to the engine thread: AssignRequest hands a request over
+(it waits here), RunTurn has the thread compute one model for some of them until the turn
+ends. Its TokenChunks are published in order by one task, each ended turn's TurnReport after
+the tokens of that turn; WorkerState goes out every report_interval_s and on every change.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from shared.protocol import (
     Placement,
     PrefetchModel,
     ProtocolError,
+    RunTurn,
     decode,
     encode,
 )
@@ -72,7 +75,6 @@ class GpuWorker:
             self.models,
             plan.context_lengths,
             c.worker_id,
-            c.min_turn_steps,
             lambda outbox: loop.call_soon_threadsafe(self._outboxes.put_nowait, outbox),
         )
         self._thread.start()
@@ -143,7 +145,7 @@ class GpuWorker:
 
     async def _on_command(self, msg) -> None:
         try:
-            command = decode(msg.data, AssignRequest, CancelAssignment, PrefetchModel)
+            command = decode(msg.data, AssignRequest, CancelAssignment, PrefetchModel, RunTurn)
         except ProtocolError as e:
             log.warning("dropping a command on %s: %s", msg.subject, e)
             return
@@ -152,6 +154,9 @@ class GpuWorker:
                 log.info("not taking %s while shutting down; the router will move it", command.request.id)
                 return
             self._thread.submit(cmd.Assign(command, msg.headers))
+        elif isinstance(command, RunTurn):
+            # Also while draining: the requests held here only progress in the router's turns.
+            self._thread.submit(cmd.Turn(command, msg.headers))
         elif isinstance(command, CancelAssignment):
             self._thread.submit(cmd.Cancel(command.request_id))
         else:
@@ -212,6 +217,12 @@ class GpuWorker:
                     await self.nc.publish(subject, encode(chunk))
                 except Exception as e:  # a full reconnect buffer must not stop the other requests
                     log.error("could not publish a token of %s: %s", chunk.request_id, e)
+            # After the tokens: a router that reads a turn's report has seen all of its tokens.
+            for report in (r for outbox in outboxes for r in outbox.reports):
+                try:
+                    await self.nc.publish(subjects.TURN_REPORTS, encode(report))
+                except Exception as e:
+                    log.error("could not publish the report of turn %d: %s", report.turn_id, e)
             for outbox in outboxes:
                 if outbox.snapshot is not None:
                     self.snapshot = outbox.snapshot

@@ -323,8 +323,8 @@ class RouterPolicy:
         decisions: list[Decision] = []
         for view in self._live(now):
             schedule = self._schedules.get(view.worker_id)
-            if schedule is None or not view.ready:
-                continue
+            if schedule is None:
+                continue  # (a draining worker is not ready but still runs the turns of what it holds)
             if schedule.turn is None or schedule.should_replace(view, now):
                 turn = schedule.next_turn(view, now)
                 if turn is not None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import math
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
@@ -18,8 +20,10 @@ from shared.protocol import (
     AssignRequest,
     CancelAssignment,
     GenerateRequest,
+    RunTurn,
     Sampling,
     TokenChunk,
+    TurnReport,
     WorkerState,
     decode,
     encode,
@@ -30,6 +34,7 @@ CATALOG = Path(__file__).resolve().parents[2] / "deploy" / "catalog.toml"
 MODELS = ("demo-llama", "demo-qwen2")
 PROMPT = "The capital of France is"
 GREEDY = Sampling(max_tokens=24, temperature=0, ignore_eos=True)
+_TURN_IDS = itertools.count(1)
 
 
 @pytest.fixture(scope="module")
@@ -61,12 +66,13 @@ async def running_worker(config: WorkerConfig):
 
 
 class BusClient:
-    """Sends commands to a worker and records what comes back, in arrival order."""
+    """Sends commands to a worker like the router and records what comes back, in arrival order."""
 
     def __init__(self, nc):
         self.nc = nc
         self.arrivals: list[TokenChunk] = []
         self.states: list[WorkerState] = []
+        self.reports: list[TurnReport] = []
         self._changed = asyncio.Event()
 
     @classmethod
@@ -74,6 +80,7 @@ class BusClient:
         client = cls(await bus.connect(url, "test-client"))
         await client.nc.subscribe(subjects.TOKENS_ALL, cb=client._on_chunk)
         await client.nc.subscribe(subjects.WORKER_STATE, cb=client._on_state)
+        await client.nc.subscribe(subjects.TURN_REPORTS, cb=client._on_report)
         return client
 
     async def _on_chunk(self, msg):
@@ -84,9 +91,28 @@ class BusClient:
         self.states.append(decode(msg.data, WorkerState))
         self._changed.set()
 
+    async def _on_report(self, msg):
+        self.reports.append(decode(msg.data, TurnReport))
+        self._changed.set()
+
     async def assign(self, worker_id, request_id, model, prompt, sampling=GREEDY, resume=()):
         request = GenerateRequest(request_id, model, tuple(prompt), sampling, subjects.tokens(request_id))
         await self.nc.publish(subjects.worker_commands(worker_id), encode(AssignRequest(request, tuple(resume))))
+
+    async def run_turn(self, worker_id, model, request_ids, quota_s=math.inf, **kw) -> int:
+        """Sends a RunTurn with a fresh id (ids are unique across this test session); returns the id."""
+        turn_id = next(_TURN_IDS)
+        turn = RunTurn(turn_id, model, tuple(request_ids), quota_s, **kw)
+        await self.nc.publish(subjects.worker_commands(worker_id), encode(turn))
+        return turn_id
+
+    async def turn(self, worker_id, model, request_ids, quota_s=math.inf, **kw) -> TurnReport:
+        """Runs one turn and waits for its report."""
+        return await self.report(await self.run_turn(worker_id, model, request_ids, quota_s, **kw))
+
+    async def report(self, turn_id, timeout: float = 30.0) -> TurnReport:
+        found = lambda: next((r for r in self.reports if r.turn_id == turn_id), None)  # noqa: E731
+        return await self.until(found, timeout, f"the report of turn {turn_id}")
 
     async def cancel(self, worker_id, request_id):
         await self.nc.publish(subjects.worker_commands(worker_id), encode(CancelAssignment(request_id)))
@@ -124,6 +150,23 @@ class BusClient:
 
     async def close(self):
         await self.nc.drain()
+
+
+async def take_turns(client: BusClient, worker_id: str, requests: dict[str, list[str]], quota_s: float = 0.0, park: bool = True):
+    """A minimal router: one turn per model with unfinished requests, round robin, until all end.
+    With `park`, each turn parks the other models' requests in host memory. Returns the reports."""
+    reports = []
+
+    def unfinished(ids):
+        return [r for r in ids if not ((c := client.chunks(r)) and (c[-1].finish_reason or c[-1].error))]
+
+    while any(unfinished(ids) for ids in requests.values()):
+        for model, ids in requests.items():
+            if not unfinished(ids):
+                continue
+            others = tuple(r for m, rs in requests.items() if m != model for r in unfinished(rs)) if park else ()
+            reports.append(await client.turn(worker_id, model, unfinished(ids), quota_s, park=others))
+    return reports
 
 
 def token_ids(chunks: list[TokenChunk]) -> list[int]:

@@ -5,7 +5,7 @@ import pytest
 from services.gpu_worker.assignments import assignment, engine_request, error_info, finished_chunk, token_chunk
 from services.gpu_worker.engine.engine import EngineStats, StepOutput
 from services.gpu_worker.engine.errors import CheckpointError, InvalidRequestError, UnknownModelError
-from services.gpu_worker.commands import Snapshot
+from services.gpu_worker.commands import ModelShape, Snapshot
 from services.gpu_worker.reporter import worker_state
 from shared.protocol import AssignRequest, GenerateRequest, ModelResidency, Sampling, Usage
 
@@ -60,12 +60,18 @@ def test_error_codes(exc, code):
 
 def test_worker_state_from_a_snapshot():
     stats = EngineStats("demo-llama", {"demo-llama": "device"}, 100, 90, 200, 200, 0, 1, 0)
-    state = worker_state("w1", ["demo-llama", "demo-qwen2"], "cpu", Snapshot(True, stats, ("r1",)), True, 7, 123.0)
-    assert state.ready and state.active_model == "demo-llama" and state.running == ("r1",)
-    assert state.models == (ModelResidency("demo-llama", "device"), ModelResidency("demo-qwen2", "disk"))
+    shapes = (("demo-llama", ModelShape(512, 62_000_000)), ("demo-qwen2", ModelShape(256, 70_000_000)))
+    snapshot = Snapshot(True, stats, ("r1",), turn_id=9, shapes=shapes)
+    state = worker_state("w1", ["demo-llama", "demo-qwen2"], "cpu", snapshot, True, 7, 123.0)
+    assert state.ready and state.active_model == "demo-llama" and state.running == ("r1",) and state.turn_id == 9
+    assert state.models == (
+        ModelResidency("demo-llama", "device", 512, 62_000_000),
+        ModelResidency("demo-qwen2", "disk", 256, 70_000_000),
+    )
     assert (state.free_kv_pages, state.total_kv_pages, state.seq, state.ts) == (90, 100, 7, 123.0)
     draining = worker_state("w1", ["demo-llama"], "cpu", Snapshot(True, stats, ()), False, 8, 124.0)
-    assert not draining.ready
+    assert not draining.ready and draining.turn_id == 0
+    assert draining.models == (ModelResidency("demo-llama", "device"),)  # no shape known: zeros
 
 
 def test_worker_state_before_the_engine_exists_is_not_ready():

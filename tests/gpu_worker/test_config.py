@@ -31,7 +31,6 @@ def test_default_worker_id_is_a_valid_subject_token():
         (dict(device="gpu"), "not cpu, cuda or cuda:N"),
         (dict(dtype="float64"), "is not one of auto"),
         (dict(kv_arena_bytes=0), "kv_arena_bytes must be a positive"),
-        (dict(min_turn_steps=0), "min_turn_steps must be at least 1"),
         (dict(report_interval_s=0), "report_interval_s must be positive"),
         (dict(nats=" "), "pass --nats"),
         (dict(threads=0), "threads must be at least 1"),
@@ -80,7 +79,7 @@ def test_flags_and_environment(monkeypatch):
     monkeypatch.setenv("TOKENPOOL_DEVICE", "cpu")
     args = build_parser().parse_args(
         ["--nats", "nats://a:4222,nats://b:4222", "--catalog", "x.toml", "--models", "demo-llama, demo-qwen2",
-         "--kv-arena-bytes", "64MiB", "--min-turn-steps", "2"]
+         "--kv-arena-bytes", "64MiB"]
     )
     config = config_from_args(args)
     assert config.worker_id == "from-env"
@@ -88,7 +87,6 @@ def test_flags_and_environment(monkeypatch):
     assert config.catalog == Path("x.toml")
     assert config.models == ("demo-llama", "demo-qwen2")
     assert config.kv_arena_bytes == 64 << 20
-    assert config.min_turn_steps == 2
     assert config_from_args(build_parser().parse_args(["--worker-id", "w7"])).worker_id == "w7"
 
 

@@ -4,6 +4,7 @@ import pytest
 
 from services.gpu_worker.config import WorkerConfig
 from services.gpu_worker.echo_engine import EchoEngine
+from services.gpu_worker.engine.engine import StepInfo
 from services.gpu_worker.engine.errors import InvalidRequestError, UnknownModelError
 from services.gpu_worker.engine.residency import Tier
 from services.gpu_worker.engine.sequence import EngineRequest, SamplingParams
@@ -48,6 +49,21 @@ def test_only_max_batch_size_requests_run_per_step_and_only_the_active_model(eng
     assert all(engine.tier(m) is Tier.DEVICE for m in ("demo-llama", "demo-qwen2"))
 
 
+def test_a_step_can_be_limited_to_some_requests_and_new_ones_go_first_as_a_prefill(engine):
+    params = SamplingParams(max_tokens=3, ignore_eos=True)
+    engine.add_request(EngineRequest("a", "demo-llama", (5, 6, 7), params))
+    engine.add_request(EngineRequest("b", "demo-llama", (8, 9), params))
+    engine.activate("demo-llama")
+
+    assert [o.request_id for o in engine.step(["a"])] == ["a"]
+    assert engine.last_step == StepInfo(is_prefill=True, num_seqs=1, num_tokens=3, context_tokens=3)
+    assert [o.request_id for o in engine.step()] == ["b"]  # b's first token before a's second
+    assert engine.last_step == StepInfo(is_prefill=True, num_seqs=1, num_tokens=2, context_tokens=2)
+    assert [(o.request_id, o.index) for o in engine.step()] == [("a", 1), ("b", 1)]
+    assert engine.last_step == StepInfo(is_prefill=False, num_seqs=2, num_tokens=2, context_tokens=4 + 3)
+    assert engine.step(["nope"]) == [] and engine.last_step is None
+
+
 def test_bad_requests_get_the_real_engines_errors(engine):
     with pytest.raises(InvalidRequestError, match=r"temperature=-1 is invalid: must be between 0 and 100"):
         engine.add_request(EngineRequest("bad", "demo-llama", (1,), SamplingParams(temperature=-1)))
@@ -73,9 +89,11 @@ async def test_a_worker_with_the_echo_engine_streams_the_prompt_back(nats_url, p
         async with running_worker(worker_config(nats_url, "w-echo", engine="echo")):
             await client.state("w-echo", lambda s: s.ready and s.active_model is not None)
             await client.assign("w-echo", "echo-1", "demo-llama", prompt_ids, Sampling(max_tokens=7, ignore_eos=True))
+            report = await client.turn("w-echo", "demo-llama", ["echo-1"])
             chunks = await client.finished("echo-1")
     finally:
         await client.close()
 
     assert token_ids(chunks) == [prompt_ids[i % len(prompt_ids)] for i in range(7)]
     assert chunks[-1].finish_reason == "length" and chunks[-1].usage.completion_tokens == 7
+    assert (report.reason, report.prefill_steps, report.decode_steps, report.decode_tokens) == ("done", 1, 6, 6)

@@ -38,6 +38,7 @@ async def test_sigterm_releases_unfinished_requests_silently_and_exits_cleanly(n
         await client.state("w-proc", lambda s: s.ready, timeout=60)
         long = Sampling(max_tokens=100_000, temperature=0, ignore_eos=True)  # capped by the 4096-token window
         await client.assign("w-proc", "proc-1", "demo-llama", prompt_ids, long)
+        await client.run_turn("w-proc", "demo-llama", ["proc-1"])
         await client.until(lambda: client.chunks("proc-1"), what="the first token")
         reports_before = len(client.states)
         worker.send_signal(signal.SIGTERM)

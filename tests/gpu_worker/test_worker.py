@@ -13,7 +13,7 @@ from shared import bus, subjects
 from shared.catalog import load_catalog
 from shared.protocol import Placement, Sampling, WorkerPlacement, encode
 
-from .conftest import GREEDY, BusClient, running_worker, token_ids, worker_config
+from .conftest import GREEDY, BusClient, running_worker, take_turns, token_ids, worker_config
 
 pytestmark = pytest.mark.asyncio
 
@@ -41,7 +41,17 @@ async def test_tokens_stream_in_order_and_match_the_engine_run_alone(nats_url, c
     async with running_worker(config):
         await client.state("w-greedy", lambda s: s.ready)
         await client.assign("w-greedy", "greedy-1", "demo-qwen2", prompt_ids)
+        held = await client.state("w-greedy", lambda s: "greedy-1" in s.running)
+        assert not client.chunks("greedy-1")  # a request waits for a turn
+        prefill = await client.turn("w-greedy", "demo-qwen2", ["greedy-1"], until_prefilled=True)
+        decode = await client.turn("w-greedy", "demo-qwen2", ["greedy-1"])
         chunks = await client.finished("greedy-1")
+
+    assert held.turn_id == 0
+    assert (prefill.worker_id, prefill.model, prefill.reason, prefill.prefilled) == ("w-greedy", "demo-qwen2", "prefilled", ("greedy-1",))
+    assert (prefill.prefill_steps, prefill.prefill_tokens, prefill.decode_steps) == (1, len(prompt_ids), 0)
+    assert (decode.reason, decode.finished, decode.prefill_steps) == ("done", ("greedy-1",), 0)
+    assert decode.decode_steps == decode.decode_tokens == GREEDY.max_tokens - 1
 
     assert [c.index for c in chunks] == list(range(GREEDY.max_tokens))
     assert all(len(c.token_ids) == 1 and c.worker_id == "w-greedy" and c.error is None for c in chunks)
@@ -52,14 +62,17 @@ async def test_tokens_stream_in_order_and_match_the_engine_run_alone(nats_url, c
     assert token_ids(chunks) == solo_greedy(config, model_store, "demo-qwen2", prompt_ids, GREEDY.max_tokens)
 
 
-async def test_two_models_progress_together(nats_url, client, prompt_ids):
+async def test_two_models_progress_together_in_alternating_turns(nats_url, client, prompt_ids):
     sampling = Sampling(max_tokens=48, temperature=0, ignore_eos=True)
-    async with running_worker(worker_config(nats_url, "w-two", min_turn_steps=2)):
+    async with running_worker(worker_config(nats_url, "w-two")):
         await client.state("w-two", lambda s: s.ready)
         await client.assign("w-two", "two-llama", "demo-llama", prompt_ids, sampling)
         await client.assign("w-two", "two-qwen", "demo-qwen2", prompt_ids, sampling)
+        reports = await take_turns(client, "w-two", {"demo-llama": ["two-llama"], "demo-qwen2": ["two-qwen"]}, 0.0, park=False)
         llama = await client.finished("two-llama")
         qwen = await client.finished("two-qwen")
+
+    assert {r.reason for r in reports} <= {"quota", "done", "idle"} and reports[-1].reason in ("done", "idle")
 
     assert len(llama) == len(qwen) == 48 and llama[-1].finish_reason == qwen[-1].finish_reason == "length"
     order = [c.request_id for c in client.arrivals]
@@ -77,7 +90,11 @@ async def test_a_resumed_request_continues_where_a_solo_run_would(nats_url, clie
     async with running_worker(config):
         await client.state("w-resume", lambda s: s.ready)
         await client.assign("w-resume", "resume-1", "demo-llama", prompt_ids, GREEDY, resume=resumed)
+        report = await client.turn("w-resume", "demo-llama", ["resume-1"])
         chunks = await client.finished("resume-1")
+
+    # re-prefilled with the prompt and the resumed tokens: its first token on this worker
+    assert report.prefilled == ("resume-1",) and report.prefill_tokens == len(prompt_ids) + 10
 
     assert [c.index for c in chunks] == list(range(10, GREEDY.max_tokens))
     assert token_ids(chunks) == solo[10:]
@@ -93,6 +110,7 @@ async def test_bad_requests_get_a_clear_error_and_the_worker_keeps_serving(nats_
         await client.assign("w-bad", "bad-model", "no-such-model", prompt_ids)
         long, zero, unknown = [await client.finished(r) for r in ("bad-long", "bad-zero", "bad-model")]
         await client.assign("w-bad", "good-after", "demo-qwen2", prompt_ids)
+        await client.turn("w-bad", "demo-qwen2", ["good-after"])
         good = await client.finished("good-after")
 
     assert len(long) == 1 and long[0].index == 0 and long[0].error.code == 400
@@ -107,14 +125,18 @@ async def test_cancel_stops_the_tokens_and_frees_the_kv_pages(nats_url, client, 
     async with running_worker(worker_config(nats_url, "w-cancel")):
         await client.state("w-cancel", lambda s: s.ready)
         await client.assign("w-cancel", "cancel-1", "demo-llama", prompt_ids, endless)
-        busy = await client.state("w-cancel", lambda s: "cancel-1" in s.running and s.free_kv_pages < s.total_kv_pages)
+        turn_id = await client.run_turn("w-cancel", "demo-llama", ["cancel-1"])
+        busy = await client.state("w-cancel", lambda s: s.turn_id == turn_id and s.free_kv_pages < s.total_kv_pages)
         await client.until(lambda: len(client.chunks("cancel-1")) >= 3, what="a few tokens")
         await client.cancel("w-cancel", "cancel-1")
+        report = await client.report(turn_id)
         idle = await client.state("w-cancel", lambda s: not s.running)
         produced = len(client.chunks("cancel-1"))
         await asyncio.sleep(0.5)
 
-    assert idle.free_kv_pages == idle.total_kv_pages == busy.total_kv_pages
+    assert "cancel-1" in busy.running
+    assert report.reason == "done" and report.finished == ()
+    assert idle.free_kv_pages == idle.total_kv_pages == busy.total_kv_pages and idle.turn_id == 0
     chunks = client.chunks("cancel-1")
     assert len(chunks) == produced < 4000
     assert all(c.finish_reason is None and c.error is None for c in chunks)
@@ -129,6 +151,7 @@ async def test_reports_arrive_periodically_with_the_models_loaded(nats_url, clie
     assert [s.seq for s in reports] == sorted(s.seq for s in reports)
     assert first.serving == ("demo-llama", "demo-qwen2") and first.device == "cpu"
     assert all(m.tier in ("host", "device") for m in first.models)
+    assert all(m.block_tokens > 0 and m.weight_bytes > 0 for m in first.models) and first.turn_id == 0
     assert first.active_model == "demo-llama" and first.free_kv_pages == first.total_kv_pages > 0
     assert not reports[-1].ready  # the worker said it stopped taking work
 
@@ -141,6 +164,7 @@ async def test_models_not_placed_here_leave_host_memory_and_still_serve(nats_url
         await kv.put(subjects.PLACEMENT_KEY, encode(placement))
         placed = await client.state("w-place", lambda s: dict((m.name, m.tier) for m in s.models)["demo-qwen2"] == "disk")
         await client.assign("w-place", "place-1", "demo-qwen2", prompt_ids)
+        await client.turn("w-place", "demo-qwen2", ["place-1"])
         chunks = await client.finished("place-1")
         await kv.delete(subjects.PLACEMENT_KEY)
 
@@ -149,12 +173,14 @@ async def test_models_not_placed_here_leave_host_memory_and_still_serve(nats_url
 
 
 async def test_models_sharing_one_kv_page_take_turns_and_keep_their_tokens(nats_url, client, model_store, prompt_ids):
-    # One KV page: each switch has to park the other model's KV in host memory and bring it back.
-    config = worker_config(nats_url, "w-tight", kv_arena_bytes=1 << 20, kv_page_bytes=1 << 20, min_turn_steps=3)
+    # One KV page: each turn parks the other model's KV in host memory; its next turn brings it back.
+    config = worker_config(nats_url, "w-tight", kv_arena_bytes=1 << 20, kv_page_bytes=1 << 20)
     async with running_worker(config):
         await client.state("w-tight", lambda s: s.ready and s.total_kv_pages == 1)
         await client.assign("w-tight", "tight-llama", "demo-llama", prompt_ids)
         await client.assign("w-tight", "tight-qwen", "demo-qwen2", prompt_ids)
+        requests = {"demo-llama": ["tight-llama"], "demo-qwen2": ["tight-qwen"]}
+        reports = await take_turns(client, "w-tight", requests, quota_s=0.01)
         llama = await client.finished("tight-llama")
         qwen = await client.finished("tight-qwen")
         idle = await client.state("w-tight", lambda s: not s.running)
@@ -164,3 +190,23 @@ async def test_models_sharing_one_kv_page_take_turns_and_keep_their_tokens(nats_
     order = [c.request_id for c in client.arrivals]
     assert sum(a != b for a, b in zip(order, order[1:])) >= 2
     assert idle.free_kv_pages == 1
+    assert any(r.switch_s > 0 for r in reports)  # weights were switched and KV brought back
+
+
+async def test_a_new_turn_replaces_the_running_one_and_both_are_reported_in_order(nats_url, client, prompt_ids):
+    endless = Sampling(max_tokens=4000, temperature=0, ignore_eos=True)
+    async with running_worker(worker_config(nats_url, "w-turns")):
+        await client.state("w-turns", lambda s: s.ready)
+        await client.assign("w-turns", "turns-1", "demo-llama", prompt_ids, endless)
+        first = await client.run_turn("w-turns", "demo-llama", ["turns-1"])
+        running = await client.state("w-turns", lambda s: s.turn_id == first)
+        await client.until(lambda: len(client.chunks("turns-1")) >= 2, what="two tokens")
+        second = await client.run_turn("w-turns", "demo-llama", ["turns-1"], quota_s=0.0)
+        await client.report(second)
+        await client.cancel("w-turns", "turns-1")
+        idle = await client.state("w-turns", lambda s: s.turn_id == 0 and not s.running)
+
+    reports = [r for r in client.reports if r.worker_id == "w-turns"]
+    assert [(r.turn_id, r.reason) for r in reports] == [(first, "replaced"), (second, "quota")]
+    assert reports[0].idle_s > 0 and reports[1].idle_s == 0  # idle before the first; none between
+    assert "turns-1" in running.running and idle.free_kv_pages == idle.total_kv_pages

@@ -4,7 +4,8 @@
     engine.activate("smollm2")
     engine.add_request(EngineRequest("r1", "smollm2", prompt_ids, SamplingParams(max_tokens=32)))
     while engine.has_work():
-        outputs = engine.step()
+        outputs = engine.step()          # or engine.step(["r1"]): only those requests
+        engine.last_step                 # StepInfo(is_prefill, num_seqs, num_tokens, context_tokens)
 
 One model computes at a time (the active one); others can be resident in the arena
 (switching to them is free), in host memory (switching is one bulk copy, which
@@ -14,6 +15,7 @@ One model computes at a time (the active one); others can be resident in the are
 from __future__ import annotations
 
 import itertools
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +49,18 @@ class StepOutput:
 
 
 @dataclass(frozen=True)
+class StepInfo:
+    """What one step computed: for the caller's step-time accounting."""
+
+    is_prefill: bool
+    num_seqs: int
+    num_tokens: int
+    """Tokens whose K/V the step computed (prompt chunk lengths, or one per decoded sequence)."""
+    context_tokens: int
+    """Context lengths the step attended to, summed over its sequences (its own tokens included)."""
+
+
+@dataclass(frozen=True)
 class EngineStats:
     active: str | None
     models: dict[str, str]
@@ -77,6 +91,8 @@ class Engine:
         self._seqs: dict[str, Sequence] = {}
         self._arrivals = itertools.count()
         self._clock = itertools.count(1)
+        self.last_step: StepInfo | None = None
+        """The latest step's batch; None when the latest step found nothing to run."""
 
     # ---- model memory ---------------------------------------------------------------
 
@@ -209,24 +225,39 @@ class Engine:
     def models_with_work(self) -> list[str]:
         return sorted({s.model for s in self._seqs.values()})
 
-    def step(self) -> list[StepOutput]:
-        """One prefill or decode step of the active model; returns the tokens it produced."""
+    def step(self, request_ids: Collection[str] | None = None) -> list[StepOutput]:
+        """One prefill or decode step of the active model; returns the tokens it produced.
+
+        With `request_ids`, only those requests of the active model take part: only they are
+        swapped back in, and the batch is chosen among them (prefill first, as always).
+        """
+        self.last_step = None
         if self.active is None:
             return []
-        self.swap_in(model=self.active)
+        only = None if request_ids is None else set(request_ids)
+        self.swap_in(model=self.active, request_ids=only)
         slot = self._slots[self.active]
-        batch = self.scheduler.schedule(self.active, slot.block_tokens)
-        if batch is None and self.has_work(self.active) and self._park_other_models():
-            batch = self.scheduler.schedule(self.active, slot.block_tokens)
+        batch = self.scheduler.schedule(self.active, slot.block_tokens, only)
+        if batch is None and self._has_work_among(only) and self._park_others(only):
+            self.swap_in(model=self.active, request_ids=only)
+            batch = self.scheduler.schedule(self.active, slot.block_tokens, only)
         if batch is None:
             return []
         logits = run_batch(slot, batch, self.device)
         samplers = [s for s, sampled in zip(batch.seqs, batch.sampling) if sampled]
         self.scheduler.commit(batch)
+        self.last_step = StepInfo(
+            batch.is_prefill, len(batch.seqs), sum(batch.num_tokens), sum(s.num_cached for s in batch.seqs)
+        )
         if not samplers:
             return []
         token_ids, logprobs = sample(logits, samplers)
         return self._append(slot, samplers, token_ids, logprobs)
+
+    def _has_work_among(self, only: set[str] | None) -> bool:
+        if only is None:
+            return self.has_work(self.active)
+        return any((s := self._seqs.get(r)) is not None and s.model == self.active for r in only)
 
     def _append(self, slot: ModelSlot, seqs, token_ids, logprobs) -> list[StepOutput]:
         outputs = []
@@ -271,14 +302,19 @@ class Engine:
                 raise InvalidRequestError(f"model {name!r}: stop strings need a tokenizer ({e})") from None
         return slot.tokenizer
 
-    def _park_other_models(self) -> bool:
-        """Swaps other models' running sequences out when the active model has no page to run on."""
-        others = {s.model for s in self.scheduler.running if s.model != self.active}
-        return sum(self.swap_out(model=m) for m in others) > 0
+    def _park_others(self, only: set[str] | None) -> bool:
+        """Swaps the running sequences that are not stepping (other models', and with `only` the
+        active model's unlisted ones) out when the stepping ones have no page to run on."""
+        idle = [
+            s.request_id
+            for s in self.scheduler.running
+            if s.model != self.active or (only is not None and s.request_id not in only)
+        ]
+        return bool(idle) and self.swap_out(request_ids=idle) > 0
 
     # ---- KV swap --------------------------------------------------------------------
 
-    def swap_out(self, model: str | None = None, request_ids: list[str] | None = None) -> int:
+    def swap_out(self, model: str | None = None, request_ids: Collection[str] | None = None) -> int:
         """Parks running sequences' KV pages in host memory, freeing their device pages."""
         seqs = self._select(self.scheduler.running, model, request_ids)
         for seq in seqs:
@@ -295,7 +331,7 @@ class Engine:
             self.scheduler.mark_swapped(seq)
         return len(seqs)
 
-    def swap_in(self, model: str | None = None, request_ids: list[str] | None = None) -> int:
+    def swap_in(self, model: str | None = None, request_ids: Collection[str] | None = None) -> int:
         """Brings swapped sequences back, oldest first, while device pages last."""
         count = 0
         for seq in self._select(self.scheduler.swapped, model, request_ids):
@@ -311,7 +347,7 @@ class Engine:
         return count
 
     @staticmethod
-    def _select(queue: list[Sequence], model: str | None, request_ids: list[str] | None) -> list[Sequence]:
+    def _select(queue: list[Sequence], model: str | None, request_ids: Collection[str] | None) -> list[Sequence]:
         wanted = None if request_ids is None else set(request_ids)
         return [
             s for s in queue if (model is None or s.model == model) and (wanted is None or s.request_id in wanted)
@@ -335,6 +371,11 @@ class Engine:
 
     def sequence(self, request_id: str) -> Sequence | None:
         return self._seqs.get(request_id)
+
+    def synchronize(self) -> None:
+        """Waits for the device work queued on the compute stream (copies included), for timing."""
+        if self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()
 
     def close(self) -> None:
         self.copier.synchronize()

@@ -3,10 +3,13 @@
 A step is either a prefill (prompt chunks, possibly of several sequences) or a decode
 (one token for each running sequence), as in nano-vllm. Sequences of other models wait
 untouched; their KV pages stay on the device unless the engine swaps them to host memory.
+`only` narrows a step to some request ids of the model (a turn's batch); the rest of the
+model's sequences wait like another model's.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from .memory import PagePool
@@ -48,12 +51,18 @@ class Scheduler:
             model is None or s.model == model for s in self.waiting + self.running + self.swapped
         )
 
-    def schedule(self, model: str, block_tokens: int) -> ScheduledBatch | None:
-        return self._schedule_prefill(model, block_tokens) or self._schedule_decode(model, block_tokens)
+    def schedule(
+        self, model: str, block_tokens: int, only: Collection[str] | None = None
+    ) -> ScheduledBatch | None:
+        """The next batch of `model` (of its requests in `only`, when given): prefill first."""
+        eligible = _eligible(model, only)
+        return self._schedule_prefill(model, block_tokens, eligible) or self._schedule_decode(
+            model, block_tokens, eligible
+        )
 
-    def _schedule_prefill(self, model: str, block_tokens: int) -> ScheduledBatch | None:
-        partial = [s for s in self.running if s.model == model and s.num_uncached > 1]
-        candidates = partial + [s for s in self.waiting if s.model == model]
+    def _schedule_prefill(self, model: str, block_tokens: int, eligible) -> ScheduledBatch | None:
+        partial = [s for s in self.running if eligible(s) and s.num_uncached > 1]
+        candidates = partial + [s for s in self.waiting if eligible(s)]
         budget = self.max_batch_tokens
         seqs, counts = [], []
         for seq in candidates:
@@ -73,26 +82,24 @@ class Scheduler:
             budget -= n
         return ScheduledBatch(model, seqs, counts, is_prefill=True) if seqs else None
 
-    def _schedule_decode(self, model: str, block_tokens: int) -> ScheduledBatch | None:
+    def _schedule_decode(self, model: str, block_tokens: int, eligible) -> ScheduledBatch | None:
         seqs = []
-        for seq in [s for s in self.running if s.model == model and s.num_uncached == 1]:
+        for seq in [s for s in self.running if eligible(s) and s.num_uncached == 1]:
             if len(seqs) == self.max_batch_size:
                 break
             if seq.state is not SeqState.RUNNING:
                 continue  # preempted below while making room for an earlier sequence
-            if not self._reserve_slot(seq, model, block_tokens):
+            if not self._reserve_slot(seq, block_tokens, eligible):
                 continue
             seqs.append(seq)
         return ScheduledBatch(model, seqs, [1] * len(seqs), is_prefill=False) if seqs else None
 
-    def _reserve_slot(self, seq: Sequence, model: str, block_tokens: int) -> bool:
-        """Makes room for seq's next token, preempting the latest arrival of the model if needed."""
+    def _reserve_slot(self, seq: Sequence, block_tokens: int, eligible) -> bool:
+        """Makes room for seq's next token, preempting the latest eligible arrival if needed."""
         if pages_needed(seq.num_cached + 1, block_tokens) <= len(seq.pages):
             return True
         while not self.pages.can_allocate(1):
-            victim = max(
-                (s for s in self.running if s.model == model and s.pages), key=lambda s: s.arrival
-            )
+            victim = max((s for s in self.running if eligible(s) and s.pages), key=lambda s: s.arrival)
             self.preempt(victim)
             if victim is seq:
                 return False
@@ -129,6 +136,12 @@ class Scheduler:
         self.swapped.remove(seq)
         seq.state = SeqState.RUNNING
         _insert_by_arrival(self.running, seq)
+
+
+def _eligible(model: str, only: Collection[str] | None):
+    if only is None:
+        return lambda s: s.model == model
+    return lambda s: s.model == model and s.request_id in only
 
 
 def _insert_by_arrival(queue: list[Sequence], seq: Sequence) -> None:

@@ -1,0 +1,92 @@
+"""A turn's bookkeeping on its own: when it ends and what its report counts, with a scripted clock."""
+
+import math
+
+from services.gpu_worker.engine.engine import StepInfo
+from services.gpu_worker.turn import RunningTurn
+from shared.protocol import RunTurn
+
+PREFILL = StepInfo(is_prefill=True, num_seqs=2, num_tokens=11, context_tokens=11)
+DECODE = StepInfo(is_prefill=False, num_seqs=2, num_tokens=2, context_tokens=13)
+
+
+def turn(request_ids=("a", "b"), quota_s=math.inf, until_prefilled=False, idle_s=0.0) -> RunningTurn:
+    msg = RunTurn(7, "m", ("a", "b", "c"), quota_s, until_prefilled)
+    return RunningTurn.start(msg, request_ids, idle_s)
+
+
+def test_a_turn_runs_until_its_requests_finish_and_counts_both_kinds_of_step():
+    t = turn(idle_s=0.25)
+    t.switch_s = 0.5
+    t.stepped(PREFILL, started_at=10.0, seconds=0.2, produced=["a", "b"], first=["a", "b"])
+    t.stepped(DECODE, started_at=10.2, seconds=0.1, produced=["a", "b"], finished=["a"])
+    assert t.end_reason(now=10.3) is None
+    t.stepped(StepInfo(False, 1, 1, 7), started_at=10.3, seconds=0.05, produced=["b"], finished=["b"])
+    assert t.end_reason(now=10.35) == "done"
+
+    report = t.report("w1", "done", ts=123.0)
+    assert (report.worker_id, report.turn_id, report.model, report.reason) == ("w1", 7, "m", "done")
+    assert (report.prefill_steps, report.prefill_tokens, report.prefill_s) == (1, 11, 0.2)
+    assert (report.decode_steps, report.decode_tokens, report.decode_context_tokens) == (2, 3, 20)
+    assert math.isclose(report.decode_s, 0.15)
+    assert report.prefilled == ("a", "b") and report.finished == ("a", "b")
+    assert (report.switch_s, report.idle_s, report.ts) == (0.5, 0.25, 123.0)
+
+
+def test_the_quota_counts_from_the_first_step_and_only_ends_a_turn_between_steps():
+    t = turn(quota_s=0.3)
+    assert t.end_reason(now=1000.0) is None  # no step yet: a switch does not eat the quota
+    t.stepped(DECODE, started_at=5.0, seconds=0.2, produced=["a", "b"])
+    assert t.end_reason(now=5.2) is None
+    t.stepped(DECODE, started_at=5.2, seconds=0.2, produced=["a", "b"])
+    assert t.end_reason(now=5.4) == "quota"
+
+
+def test_a_zero_quota_is_one_step_and_a_nan_quota_is_taken_as_zero():
+    for quota in (0.0, math.nan):
+        t = turn(quota_s=quota)
+        assert t.end_reason(now=0.0) is None
+        t.stepped(DECODE, started_at=0.0, seconds=0.01, produced=["a", "b"])
+        assert t.end_reason(now=0.01) == "quota"
+
+
+def test_a_prefill_turn_ends_once_every_open_request_has_a_token():
+    t = turn(until_prefilled=True)
+    t.stepped(StepInfo(True, 1, 6, 6), started_at=0.0, seconds=0.1, produced=["a"], first=["a"])
+    assert t.end_reason(now=0.1) is None
+    t.stepped(StepInfo(True, 1, 5, 5), started_at=0.1, seconds=0.1, produced=["b"], first=["b"])
+    assert t.end_reason(now=0.2) == "prefilled"
+    assert t.report("w", "prefilled", 0.0).prefilled == ("a", "b")
+
+
+def test_a_chunk_of_a_prompt_counts_as_prefill_without_a_token():
+    t = turn(request_ids=("a",), until_prefilled=True)
+    t.stepped(StepInfo(True, 1, 2048, 2048), started_at=0.0, seconds=1.0)
+    assert t.end_reason(now=1.0) is None and t.prefill_tokens == 2048 and not t.prefilled
+
+
+def test_finished_beats_prefilled_and_a_request_that_leaves_is_not_waited_for():
+    t = turn(until_prefilled=True)
+    t.stepped(PREFILL, started_at=0.0, seconds=0.1, produced=["a", "b"], first=["a", "b"], finished=["a", "b"])
+    assert t.end_reason(now=0.1) == "done"
+
+    t = turn(until_prefilled=True)
+    t.stepped(StepInfo(True, 1, 6, 6), started_at=0.0, seconds=0.1, produced=["a"], first=["a"])
+    t.drop("b")  # cancelled before its first token
+    assert t.end_reason(now=0.1) == "prefilled"
+    t.drop("a")
+    assert t.end_reason(now=0.1) == "done"
+
+
+def test_a_resumed_request_is_not_prefilled_twice():
+    t = turn(request_ids=("a",))
+    t.stepped(DECODE, started_at=0.0, seconds=0.1, produced=["a"], first=[])
+    assert t.report("w", "quota", 0.0).prefilled == ()
+
+
+def test_nothing_to_run_is_idle():
+    assert turn(request_ids=()).end_reason(now=0.0) == "idle"
+    t = turn()
+    t.stepped(None, started_at=0.0, seconds=0.0)  # no KV page for any of them
+    assert t.end_reason(now=0.0) == "idle"
+    assert t.report("w", "idle", 0.0).prefill_steps == t.report("w", "idle", 0.0).decode_steps == 0
