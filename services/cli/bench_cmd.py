@@ -1,6 +1,7 @@
 """``tokenpool bench engine``: decode vs Hugging Face, copy limit, switch and KV swap in one run.
 
-``tokenpool bench serve`` (the whole stack against the engine alone) lives in bench_serve.py.
+``tokenpool bench serve`` (the whole stack against the engine alone) lives in bench_serve.py,
+``tokenpool bench sched`` (token-level vs request-level scheduling) in bench_sched.py.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from services.cli import bench_serve
+from services.cli import bench_sched, bench_serve
 from shared.model_store import ModelStore
 
 DEMO_MODELS = ("demo-llama", "demo-qwen2", "demo-mistral")
@@ -52,6 +53,7 @@ def register(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print the JSON object instead of a summary")
     p.set_defaults(handler=bench_engine)
     bench_serve.register(kinds)
+    bench_sched.register(kinds)
 
 
 def _batches(text: str) -> tuple[int, ...]:

@@ -46,6 +46,10 @@ class RequestRecord:
     tokens: int = 0
     """completion_tokens from the final usage chunk."""
     error: str | None = None
+    events: list[tuple[float, int]] = field(default_factory=list)
+    """(seconds since the load began, tokens it carried) of every event with tokens; the count
+    comes from the event's logprobs when the request asked for them (an event may carry
+    tokens whose text is not complete yet), else 1 per event with text."""
 
 
 async def run_load(spec: LoadSpec) -> list[RequestRecord]:
@@ -72,13 +76,14 @@ async def run_load(spec: LoadSpec) -> list[RequestRecord]:
                 budget[0] -= 1
                 record = RequestRecord(started=time.perf_counter() - begin)
                 records.append(record)
-                await _one_request(session, url, body, spec.tokens, record, begin)
+                await stream_request(session, url, body, spec.tokens, record, begin)
 
         await asyncio.gather(*(client() for _ in range(spec.streams)))
     return records
 
 
-async def _one_request(session, url: str, body: dict, tokens: int, record: RequestRecord, begin: float) -> None:
+async def stream_request(session, url: str, body: dict, tokens: int, record: RequestRecord, begin: float) -> None:
+    """POSTs one streaming request and fills `record` with what came back, stamped on arrival."""
     t0 = time.perf_counter()
     last = None
     try:
@@ -100,8 +105,10 @@ async def _one_request(session, url: str, body: dict, tokens: int, record: Reque
                 if event.get("usage"):
                     record.tokens = event["usage"]["completion_tokens"]
                 choices = event.get("choices") or ()
-                if choices and choices[0].get("text"):
+                carried = _tokens_carried(choices[0]) if choices else 0
+                if carried:
                     now = time.perf_counter()
+                    record.events.append((now - begin, carried))
                     if last is None:
                         record.ttft_s = now - t0
                     else:
@@ -115,6 +122,13 @@ async def _one_request(session, url: str, body: dict, tokens: int, record: Reque
         record.error = type(e).__name__
     finally:
         record.ended = time.perf_counter() - begin
+
+
+def _tokens_carried(choice: dict) -> int:
+    logprobs = choice.get("logprobs")
+    if logprobs and logprobs.get("tokens"):
+        return len(logprobs["tokens"])
+    return 1 if choice.get("text") else 0
 
 
 def percentile(values: list[float], q: float) -> float | None:

@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from services.supervisor import die_with_parent, gateway_health
@@ -28,13 +29,23 @@ from shared.nats_server import NatsServer, free_port
 
 def write_catalog(path: Path, model: str, model_path: Path) -> Path:
     """A catalog with the one benchmarked model, so that the gateway loads one tokenizer."""
-    lines = ["[slo_classes.default]", "ttft_s = 10.0", "tbt_s = 0.1", ""]
-    lines += ["[[models]]", f"name = {json.dumps(model)}", f"path = {json.dumps(str(model_path))}", ""]
+    return write_models_catalog(path, {model: model_path})
+
+
+def write_models_catalog(path: Path, models: Mapping[str, Path], ttft_s: float = 10.0, tbt_s: float = 0.1) -> Path:
+    """A catalog of `models` (name -> checkpoint folder), all in the SLO class `default` with
+    these objectives (seconds to the first token, seconds between tokens)."""
+    lines = ["[slo_classes.default]", f"ttft_s = {float(ttft_s)!r}", f"tbt_s = {float(tbt_s)!r}", ""]
+    for model, model_path in models.items():
+        lines += ["[[models]]", f"name = {json.dumps(model)}", f"path = {json.dumps(str(model_path))}", ""]
     path.write_text("\n".join(lines))
     return path
 
 
 class ServeStack:
+    WORKER_ID = "bench-worker"
+    """The one gpu_worker's id on the bus."""
+
     def __init__(
         self,
         run_dir: Path,
@@ -43,9 +54,11 @@ class ServeStack:
         worker_args: list[str],
         router_args: list[str],
         grace_s: float = 15.0,
+        catalog: Path | None = None,
     ):
         self.run_dir = Path(run_dir)
-        self.catalog = write_catalog(self.run_dir / "catalog.toml", model, model_path)
+        # `catalog`: one written beforehand (several models, an SLO class); None: `model` alone.
+        self.catalog = catalog or write_catalog(self.run_dir / "catalog.toml", model, model_path)
         self.model = model
         self.worker_args = worker_args
         self.router_args = router_args
@@ -73,7 +86,7 @@ class ServeStack:
         self.nats.start()
         common = ["--nats", self.nats.url, "--catalog", str(self.catalog), "--log-level", "WARNING"]
         self._spawn("router", "services.router", *common, *self.router_args)
-        self._spawn("worker", "services.gpu_worker", *common, "--worker-id", "bench-worker", *self.worker_args)
+        self._spawn("worker", "services.gpu_worker", *common, "--worker-id", self.WORKER_ID, *self.worker_args)
         self._spawn("gateway", "services.gateway", *common, "--host", "127.0.0.1", "--port", str(self.port))
 
     def _spawn(self, name: str, module: str, *args: str) -> None:
