@@ -7,11 +7,15 @@ another: the second test shows the difference a user would see, from the same wo
 """
 
 import asyncio
+import re
 import time
+import urllib.request
 
 import pytest
 
 from shared.tokenizer import Tokenizer
+
+from shared.nats_server import free_port
 
 from .conftest import Stack, write_catalog
 
@@ -24,7 +28,8 @@ def start_stack(tmp_path_factory, model_store, scheduling: str) -> Stack:
     catalog = write_catalog(tmp_path_factory.mktemp("catalog") / "catalog.toml", model_store.root, MODELS)
     s = Stack(tmp_path_factory.mktemp(f"stack-{scheduling}"), catalog)
     s.nats.start()
-    s.start_service("router", "services.router", "--scheduling", scheduling)
+    s.router_metrics_port = free_port()
+    s.start_service("router", "services.router", "--scheduling", scheduling, "--metrics-port", str(s.router_metrics_port))
     s.start_worker("worker-0")
     s.start_service("gateway", "services.gateway", "--host", "127.0.0.1", "--port", str(s.port))
     s.wait_healthy()
@@ -64,6 +69,21 @@ def stream_all(base_url: str) -> dict[str, tuple[list[float], str, list[str]]]:
     return asyncio.run(main())
 
 
+def metric(text: str, name: str, **labels) -> float:
+    """The sum of a Prometheus metric's samples whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        m = re.match(rf"{name}(?:{{(.*)}})? (\S+)$", line)
+        if m and all(f'{k}="{v}"' in (m.group(1) or "") for k, v in labels.items()):
+            total += float(m.group(2))
+    return total
+
+
+def get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return r.read().decode()
+
+
 def progress_before_first_finish(results) -> dict[str, int]:
     """How many chunks each stream had received when the first stream ended."""
     first_end = min(times[-1] for times, _, _ in results.values())
@@ -74,6 +94,8 @@ def test_four_models_on_one_worker_interleave_and_match_greedy_alone(tmp_path_fa
     stack = start_stack(tmp_path_factory, model_store, "token")
     try:
         results = stream_all(stack.base_url)
+        router_metrics = get(f"http://127.0.0.1:{stack.router_metrics_port}/metrics")
+        gateway_metrics = get(stack.base_url + "/metrics")
     finally:
         stack.stop()
     for model, (times, text, reasons) in results.items():
@@ -83,6 +105,12 @@ def test_four_models_on_one_worker_interleave_and_match_greedy_alone(tmp_path_fa
     progress = progress_before_first_finish(results)
     # Every stream was well under way before any of them finished: the models took turns.
     assert all(n >= 3 for n in progress.values()), progress
+    # The router counts the worker's turns and switches; the gateway judges each request's SLO.
+    for model in MODELS:
+        assert metric(router_metrics, "tp_worker_turns_total", worker="worker-0", model=model) >= 2
+    assert metric(router_metrics, "tp_worker_switches_total", worker="worker-0") >= 4
+    assert metric(gateway_metrics, "tp_request_slo_attainment_count") == len(MODELS)
+    assert metric(gateway_metrics, "tp_requests_slo_strict_total") == len(MODELS)
 
 
 def test_request_level_scheduling_serves_the_same_load_one_model_at_a_time(tmp_path_factory, model_store):
