@@ -1,0 +1,304 @@
+"""One workload through the router's real policy and simulated workers, in virtual time.
+
+    result = simulate(workload, SimConfig(gpus=2, scheduling="token"))
+    print(result.summary())
+
+The policy is services/router/policy.py RouterPolicy itself, fed exactly what the router
+service feeds it: requests on arrival, WorkerStates, TokenChunks, TurnReports, and a tick
+every tick_interval_s. Its decisions go to the simulated workers (services/sim/worker.py)
+after a bus delay, and the workers' messages come back the same way. A client sees a token
+when the router does (the gateway subscribes to the same subject).
+
+Requests that never complete (rejected, failed on a worker, or still running when the
+simulation gives up `drain_s` after the last arrival) count with attainment 0: a scheduler
+must not look better by dropping work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from services.router.config import PolicyConfig, TimePriors
+from services.router.decisions import Assign, Cancel, Decision, Done, Reject, StartTurn
+from services.router.policy import RouterPolicy
+from services.router.slo.attainment import RequestSlo, request_slo, summarize
+from services.sim.cost import CostModel
+from services.sim.errors import SimError
+from services.sim.events import EventLoop
+from services.sim.worker import Outbox, SimWorker, SimWorkerConfig
+from services.sim.workload import Arrival, Workload
+from shared.protocol import AssignRequest, GenerateRequest, Sampling, TokenChunk, TurnReport, WorkerState
+
+TYPICAL_CONTEXT_TOKENS = 1000
+"""Context per sequence used to fold the per-sequence decode cost into the policy's
+per-context-token prior (mean prompt ~680 plus output so far)."""
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    gpus: int = 1
+    """Simulated workers, one GPU each; every one serves every model of the workload."""
+    prefill_gpus: int = 0
+    """Disaggregated mode: this many of the GPUs only prefill, the rest only decode (the
+    policy's prefill_workers). 0: every GPU does both."""
+    gpu_profile: str = "H100"
+    """Key of cost.GPU_PROFILES (ignored when a CostModel is passed to simulate)."""
+    scheduling: str = "token"
+    """The policy's scheduling: token (turns with SLO quotas) or request (one model at a time)."""
+    ttft_s: float = 10.0
+    """Time-to-first-token objective of every model (the paper's default)."""
+    tbt_s: float = 0.1
+    """Time-between-tokens objective of every model (the paper's default)."""
+    bus_delay_s: float = 0.0005
+    """One-way NATS latency between router and workers (and worker to client)."""
+    tick_interval_s: float = 0.25
+    """How often the policy's tick runs (the router service's default)."""
+    drain_s: float = 600.0
+    """Virtual seconds after the last arrival before unfinished requests are given up."""
+    worker: SimWorkerConfig = field(default_factory=SimWorkerConfig)
+    policy: PolicyConfig | None = None
+    """None: the policy's defaults with `scheduling` and time priors that match the GPU profile."""
+
+    def __post_init__(self):
+        if not isinstance(self.gpus, int) or self.gpus < 1:
+            raise SimError(f"gpus must be at least 1, got {self.gpus}")
+        if not 0 <= self.prefill_gpus < self.gpus:
+            raise SimError(
+                f"prefill_gpus must be >= 0 and leave at least one of the {self.gpus} GPUs to decode, got {self.prefill_gpus}"
+            )
+        if self.scheduling not in ("token", "request"):
+            raise SimError(f"policy {self.scheduling!r} is not one of token, request")
+        if not self.ttft_s > 0 or not self.tbt_s > 0:
+            raise SimError(f"ttft ({self.ttft_s}) and tbt ({self.tbt_s}) must be positive seconds")
+        if self.bus_delay_s < 0 or self.tick_interval_s <= 0 or self.drain_s < 0:
+            raise SimError("bus_delay_s and drain_s must be >= 0 and tick_interval_s > 0")
+
+
+@dataclass
+class RequestRecord:
+    id: str
+    arrival: Arrival
+    token_times: list[float] = field(default_factory=list)
+    """When the client got token k, by index (the first copy of an index counts)."""
+    ends: list[str] = field(default_factory=list)
+    """How the policy ended it: "done" or "rejected" (exactly one entry when nothing is lost)."""
+    finished: bool = False
+    """Its last token came (a finish_reason chunk)."""
+    error: str | None = None
+
+
+@dataclass
+class SimResult:
+    config: SimConfig
+    workload: Workload
+    records: list[RequestRecord]
+    workers: list[SimWorker]
+    simulated_s: float
+    wall_s: float
+    events: int
+
+    def slo(self, record: RequestRecord) -> RequestSlo:
+        times = record.token_times if record.finished else []
+        return request_slo(record.arrival.time_s, times, self.config.ttft_s, self.config.tbt_s)
+
+    def summary(self) -> dict:
+        """The run as one JSON-able dict. attainment: mean per-request token-deadline attainment
+        (services/router/slo/attainment.py); strict_attainment: fraction of requests with TTFT and
+        mean TBT within their objectives; switches: turns that changed the computing model (the
+        first load included); switch_s: time turns spent making their model computable (weights
+        and KV swap-in); weight_copies: weight copies started, prefetches included; failed:
+        requests that ended with a worker's error; unfinished: still running at the end."""
+        c = self.config
+        slos = [self.slo(r) for r in self.records]
+        s = summarize(slos)
+        ends = Counter(r.ends[0] if r.ends else "unfinished" for r in self.records)
+        turns = Counter()
+        for w in self.workers:
+            turns.update(w.stats.turns)
+        anomalies = [a for w in self.workers for a in w.stats.anomalies]
+        busy = sum(w.stats.busy_s for w in self.workers)
+        return {
+            "policy": c.scheduling,
+            "gpus": c.gpus,
+            "prefill_gpus": c.prefill_gpus,
+            "gpu_profile": self.workers[0].cost.gpu.name,
+            "workload": self.workload.name,
+            "models": len(self.workload.models),
+            "requests": len(self.records),
+            "completed": sum(r.finished for r in self.records),
+            "rejected": ends["rejected"],
+            "failed": sum(r.error is not None and r.ends != ["rejected"] for r in self.records),
+            "unfinished": ends["unfinished"],
+            "ttft_slo_s": c.ttft_s,
+            "tbt_slo_s": c.tbt_s,
+            "attainment": _round(s.mean_attainment),
+            "strict_attainment": _round(s.strict_fraction),
+            "ttft_p50_s": _round(s.ttft_p50_s),
+            "ttft_p99_s": _round(s.ttft_p99_s),
+            "tbt_p50_s": _round(s.tbt_p50_s),
+            "tbt_p99_s": _round(s.tbt_p99_s),
+            "switches": sum(w.stats.switches for w in self.workers),
+            "switch_s": _round(sum(w.stats.switch_s for w in self.workers)),
+            "weight_copies": sum(w.device.copies for w in self.workers),
+            "turns": dict(sorted(turns.items())),
+            "preemptions": sum(w.stats.preemptions for w in self.workers),
+            "gpu_busy_fraction": _round(busy / (self.simulated_s * c.gpus)) if self.simulated_s > 0 else None,
+            "simulated_s": _round(self.simulated_s),
+            "wall_s": _round(self.wall_s),
+            "events": self.events,
+            "anomalies": len(anomalies),
+            "anomaly_examples": anomalies[:5],
+        }
+
+
+def _round(value: float | None, digits: int = 4) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def policy_config(cost: CostModel, scheduling: str) -> PolicyConfig:
+    """The policy's defaults, with time priors an operator would set for this GPU: its memory and
+    copy bandwidths and switch cost, and the median served model's step coefficients."""
+    models = list(cost.models.values())
+    per_context = statistics.median(
+        m.decode_per_context_token_s + m.decode_per_seq_s / TYPICAL_CONTEXT_TOKENS for m in models
+    )
+    priors = TimePriors(
+        memory_bandwidth_gb_s=cost.gpu.memory_bandwidth_bytes_s / 1e9,
+        host_to_device_gb_s=cost.gpu.host_to_device_bytes_s / 1e9,
+        switch_fixed_s=cost.gpu.switch_fixed_s,
+        decode_s_per_context_token=per_context,
+        prefill_s_per_token=statistics.median(m.prefill_per_token_s for m in models),
+    )
+    return PolicyConfig(scheduling=scheduling, time_priors=priors)
+
+
+class Simulation:
+    def __init__(self, workload: Workload, config: SimConfig, cost: CostModel | None = None):
+        self.workload = workload
+        self.config = config
+        self.loop = EventLoop()
+        self.cost = cost or CostModel.for_models(config.gpu_profile, workload.architectures)
+        models = workload.models
+        policy = config.policy or policy_config(self.cost, config.scheduling)
+        policy = dataclasses.replace(policy, scheduling=config.scheduling, prefill_workers=config.prefill_gpus)
+        slos = {m: (config.ttft_s, config.tbt_s) for m in models}
+        self.policy = RouterPolicy(models, policy, now=self.loop.now, slos=slos)
+        self.workers: dict[str, SimWorker] = {}
+        width = len(str(config.gpus - 1))
+        for i in range(config.gpus):
+            wid = f"gpu{i:0{width}d}"  # the policy takes the first ids (in sort order) as prefill workers
+            outbox = Outbox(
+                self._from_worker(self._on_chunks),
+                self._from_worker(self._on_report),
+                self._from_worker(self._on_state),
+            )
+            self.workers[wid] = SimWorker(wid, self.loop, self.cost, models, outbox, config.worker)
+        self.records: dict[str, RequestRecord] = {}
+        self._ended = 0
+        self._arrived = 0
+        self._decisions: Counter[str] = Counter()
+
+    # ---- running ----------------------------------------------------------------------
+
+    def run(self) -> SimResult:
+        started = time.perf_counter()
+        for i, arrival in enumerate(self.workload.arrivals):
+            self.loop.at(arrival.time_s, self._arrive, f"r{i}", arrival)
+        for worker in self.workers.values():
+            worker.start()
+        self.loop.after(self.config.tick_interval_s, self._tick)
+        self.loop.run(until=self.workload.duration_s + self.config.drain_s)
+        for worker in self.workers.values():
+            worker.stop()
+        return SimResult(
+            self.config,
+            self.workload,
+            list(self.records.values()),
+            list(self.workers.values()),
+            self.loop.now,
+            time.perf_counter() - started,
+            self.loop.processed,
+        )
+
+    def _arrive(self, rid: str, arrival: Arrival) -> None:
+        self._arrived += 1
+        self.records[rid] = RequestRecord(rid, arrival)
+        request = GenerateRequest(
+            id=rid,
+            model=arrival.model,
+            prompt_token_ids=(1,) * arrival.input_tokens,
+            sampling=Sampling(max_tokens=arrival.output_tokens, ignore_eos=True),
+            token_subject=f"sim.tokens.{rid}",
+            created_at=self.loop.now,
+        )
+        self._apply(self.policy.submit(request, self.loop.now))
+
+    def _tick(self) -> None:
+        self._apply(self.policy.tick(self.loop.now))
+        self.loop.after(self.config.tick_interval_s, self._tick)
+
+    # ---- worker -> router (and client) ---------------------------------------------------
+
+    def _from_worker(self, handler):
+        delay = self.config.bus_delay_s
+        return lambda msg: self.loop.after(delay, handler, msg)
+
+    def _on_chunks(self, chunks: list[TokenChunk]) -> None:
+        for chunk in chunks:
+            self._on_chunk(chunk)
+
+    def _on_chunk(self, chunk: TokenChunk) -> None:
+        record = self.records.get(chunk.request_id)
+        if record is not None and not record.finished and record.error is None:
+            for offset in range(len(chunk.token_ids)):
+                if chunk.index + offset == len(record.token_times):
+                    record.token_times.append(self.loop.now)
+            if chunk.error is not None:
+                record.error = f"{chunk.error.code} {chunk.error.type}: {chunk.error.message}"
+            elif chunk.finish_reason is not None and chunk.index + len(chunk.token_ids) == len(record.token_times):
+                record.finished = True
+        self._apply(self.policy.on_tokens(chunk, self.loop.now))
+
+    def _on_report(self, report: TurnReport) -> None:
+        self._apply(self.policy.on_turn_report(report, self.loop.now))
+
+    def _on_state(self, state: WorkerState) -> None:
+        self._apply(self.policy.on_worker_state(state, self.loop.now))
+
+    # ---- router -> workers ----------------------------------------------------------------
+
+    def _apply(self, decisions: list[Decision]) -> None:
+        delay = self.config.bus_delay_s
+        for d in decisions:
+            self._decisions[type(d).__name__] += 1
+            if isinstance(d, Assign):
+                self.loop.after(delay, self.workers[d.worker_id].assign, AssignRequest(d.request, d.resume_token_ids))
+            elif isinstance(d, StartTurn):
+                self.loop.after(delay, self.workers[d.worker_id].run_turn, d.turn)
+            elif isinstance(d, Cancel):
+                self.loop.after(delay, self.workers[d.worker_id].cancel, d.request_id)
+            elif isinstance(d, Done):
+                self._end(d.request_id, "done")
+            elif isinstance(d, Reject):
+                record = self.records.get(d.request.id)
+                if record is not None and record.error is None:
+                    record.error = f"{d.error.code} {d.error.type}: {d.error.message}"
+                self._end(d.request.id, "rejected")
+
+    def _end(self, rid: str, how: str) -> None:
+        record = self.records.get(rid)
+        if record is None:
+            return
+        record.ends.append(how)
+        if len(record.ends) == 1:
+            self._ended += 1
+            if self._ended == len(self.workload.arrivals):
+                self.loop.stop()
+
+
+def simulate(workload: Workload, config: SimConfig, cost: CostModel | None = None) -> SimResult:
+    return Simulation(workload, config, cost).run()

@@ -1,0 +1,490 @@
+"""A simulated gpu_worker: the router's commands in, TokenChunks, TurnReports and WorkerStates out,
+with every step, copy and swap taking the time the cost model says.
+
+It follows the worker's RunTurn contract (shared/protocol.py RunTurn, issue 4):
+- AssignRequest: the worker holds the request (a resumed one re-prefills prompt + resumed
+  tokens); it computes only inside a turn that lists it.
+- RunTurn: before the first step, the `park` requests' KV goes to host memory, the model is
+  activated (free if resident, what is left of a prefetch, else a weight copy plus the fixed
+  switch cost) and the turn's own parked requests come back (switch_s = activation plus that
+  swap-in); then `prefetch` starts copying behind it. Steps then run back to back, each a
+  prefill (prompt chunks, up to max_batch_tokens) or else a decode (one token for each running
+  request, up to max_batch_size), as in engine/scheduler.py. Between steps the turn ends by:
+  done (none of its requests left unfinished here), prefilled (until_prefilled and each of its
+  requests produced a token in this turn), quota (seconds since its first step >= quota_s),
+  idle (nothing of it could run), and only then replaced (a newer RunTurn arrived; it starts
+  at that boundary, after the old turn's report). The turn's requests are those listed that
+  the worker holds for its model when it starts (services/gpu_worker/turn.py does the same).
+- TurnReport after every turn (turns replaced before they started are reported too, with no
+  work, so that every turn id gets its report); WorkerState every report_interval_s.
+Token ids are dummies (1): the router only counts them.
+
+Out of KV pages, the worker does what the engine does: a decode step preempts the model's
+latest request (its KV is dropped and recomputed later), and a step that cannot run at all
+first parks the requests on the device that are not in the turn.
+
+The worker starts with every served model in host memory and none on the device (the real
+one activates its first model at start-up; one copy more or less at t=0).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from services.sim.cost import CostModel
+from services.sim.device import DeviceLayout, SimDevice, pages_for
+from services.sim.events import EventLoop
+from shared.protocol import (
+    AssignRequest,
+    ErrorInfo,
+    GenerateRequest,
+    ModelResidency,
+    RunTurn,
+    TokenChunk,
+    TurnReport,
+    Usage,
+    WorkerState,
+)
+
+DUMMY_TOKEN = 1
+WAITING, RUNNING, PARKED = "waiting", "running", "parked"
+
+
+@dataclass(frozen=True)
+class SimWorkerConfig:
+    layout: DeviceLayout = field(default_factory=DeviceLayout)
+    max_batch_size: int = 64
+    """Most sequences decoded together in one step (the worker's default)."""
+    max_batch_tokens: int = 2048
+    """Most prompt tokens in one prefill step (the worker's default; longer prompts are chunked)."""
+    report_interval_s: float = 0.5
+    """Virtual seconds between WorkerState reports."""
+
+
+@dataclass
+class Outbox:
+    """Where the worker's messages go (the simulation delivers them to the router)."""
+
+    chunks: Callable[[list[TokenChunk]], None]
+    """The TokenChunks of one step (or one command), published together."""
+    report: Callable[[TurnReport], None]
+    state: Callable[[WorkerState], None]
+
+
+@dataclass(eq=False)
+class Seq:
+    request: GenerateRequest
+    prompt: int
+    produced: int
+    """Output tokens known: resumed ones plus those produced here."""
+    max_tokens: int
+    order: int
+    """Assignment order on this worker: the engine's FCFS position."""
+    produced_here: int = 0
+    cached: int = 0
+    """Tokens whose K/V are computed (on the device, or in host memory when parked)."""
+    pages: int = 0
+    state: str = WAITING
+
+    @property
+    def id(self) -> str:
+        return self.request.id
+
+    @property
+    def model(self) -> str:
+        return self.request.model
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt + self.produced
+
+    @property
+    def uncached(self) -> int:
+        return self.tokens - self.cached
+
+
+@dataclass
+class _TurnRun:
+    turn: RunTurn
+    idle_s: float
+    open: set[str] = field(default_factory=set)
+    """The turn's requests (those listed that the worker held for its model at its start) not
+    yet finished, cancelled or failed: what it computes."""
+    requested: int = 0
+    """How many requests the turn had at its start."""
+    switch_s: float = 0.0
+    first_step_at: float = math.inf
+    steps: int = 0
+    prefill_steps: int = 0
+    prefill_tokens: int = 0
+    prefill_s: float = 0.0
+    decode_steps: int = 0
+    decode_tokens: int = 0
+    decode_context_tokens: int = 0
+    decode_s: float = 0.0
+    produced: set[str] = field(default_factory=set)
+    prefilled: list[str] = field(default_factory=list)
+    finished: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Step:
+    prefill: bool
+    seqs: list[Seq]
+    counts: list[int]
+    seconds: float
+    context_tokens: int = 0
+
+
+@dataclass
+class WorkerStats:
+    turns: dict[str, int] = field(default_factory=dict)
+    """Turns ended, by reason."""
+    switches: int = 0
+    """Turns whose model differed from the computing one."""
+    switch_s: float = 0.0
+    busy_s: float = 0.0
+    """Seconds spent in steps."""
+    preemptions: int = 0
+    """Requests whose KV was dropped to make room (recomputed later)."""
+    anomalies: list[str] = field(default_factory=list)
+    """Commands that made no sense here (a policy bug shows up as one)."""
+
+
+class SimWorker:
+    def __init__(
+        self,
+        worker_id: str,
+        loop: EventLoop,
+        cost: CostModel,
+        serving: list[str],
+        outbox: Outbox,
+        config: SimWorkerConfig | None = None,
+    ):
+        self.worker_id = worker_id
+        self.loop = loop
+        self.cost = cost
+        self.serving = list(serving)
+        self.outbox = outbox
+        self.config = config or SimWorkerConfig()
+        self.device = SimDevice(cost, self.serving, self.config.layout)
+        self.seqs: dict[str, Seq] = {}
+        self.stats = WorkerStats()
+        self._orders = 0
+        self._run: _TurnRun | None = None
+        self._waiting_turns: list[RunTurn] = []
+        self._idle_since = loop.now
+        self._report_seq = 0
+        self._reporting = None
+
+    # ---- lifecycle ------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Reports now and then every report_interval_s."""
+        self._report()
+
+    def stop(self) -> None:
+        if self._reporting is not None:
+            self._reporting.cancel()
+
+    def _report(self) -> None:
+        self.outbox.state(self.state())
+        self._reporting = self.loop.after(self.config.report_interval_s, self._report)
+
+    def state(self) -> WorkerState:
+        self._report_seq += 1
+        d = self.device
+        return WorkerState(
+            worker_id=self.worker_id,
+            ready=True,
+            serving=tuple(self.serving),
+            models=tuple(ModelResidency(m, d.tier(m), d.block_tokens[m], d.weight_sizes[m]) for m in self.serving),
+            active_model=d.active,
+            running=tuple(sorted(self.seqs)),
+            free_kv_pages=d.free_pages,
+            total_kv_pages=d.total_pages,
+            device=f"sim-{self.cost.gpu.name}",
+            seq=self._report_seq,
+            ts=self.loop.now,
+            turn_id=self._run.turn.turn_id if self._run is not None else 0,
+        )
+
+    # ---- commands -------------------------------------------------------------------
+
+    def assign(self, msg: AssignRequest) -> None:
+        req = msg.request
+        resumed = len(msg.resume_token_ids)
+        if req.id in self.seqs:
+            self.stats.anomalies.append(f"{self.loop.now:.3f}: {req.id} assigned twice")
+            return
+        if req.model not in self.device.block_tokens:
+            self._error(
+                req.id, resumed, ErrorInfo(404, "invalid_request_error", f"model {req.model!r} is not served here")
+            )
+            return
+        if resumed >= req.sampling.max_tokens:
+            usage = Usage(len(req.prompt_token_ids), resumed)
+            self.outbox.chunks([TokenChunk(req.id, resumed, (), None, "length", usage, None, self.worker_id)])
+            return
+        seq = Seq(req, len(req.prompt_token_ids), resumed, req.sampling.max_tokens, self._orders)
+        self._orders += 1
+        if pages_for(seq.tokens + 1, self.device.block_tokens[req.model]) > self.device.total_pages:
+            message = f"the prompt has {seq.tokens} tokens, more than the KV cache can ever hold"
+            self._error(req.id, resumed, ErrorInfo(400, "invalid_request_error", message))
+            return
+        self.seqs[req.id] = seq
+
+    def cancel(self, request_id: str) -> None:
+        seq = self.seqs.pop(request_id, None)
+        if seq is not None:
+            self._drop_kv(seq)
+        if self._run is not None:
+            self._run.open.discard(request_id)
+
+    def run_turn(self, turn: RunTurn) -> None:
+        if self._run is None:
+            idle_s = self.loop.now - self._idle_since
+            self._begin(turn, idle_s)
+        else:
+            self._waiting_turns.append(turn)  # replaces the running turn at its next step boundary
+
+    # ---- a turn ---------------------------------------------------------------------
+
+    def _begin(self, turn: RunTurn, idle_s: float) -> None:
+        now = self.loop.now
+        run = self._run = _TurnRun(turn, idle_s)
+        run.open = {r for r in turn.request_ids if r in self.seqs and self.seqs[r].model == turn.model}
+        run.requested = len(run.open)
+        if turn.model not in self.device.block_tokens:
+            self.stats.anomalies.append(f"{now:.3f}: turn {turn.turn_id} for {turn.model!r}, not served here")
+            self.loop.at(now, self._boundary)
+            return
+        strays = [r for r in turn.request_ids if r in self.seqs and self.seqs[r].model != turn.model]
+        if strays:
+            self.stats.anomalies.append(f"{now:.3f}: turn {turn.turn_id} ({turn.model}) lists other models' {strays}")
+        t = now
+        for rid in turn.park:
+            seq = self.seqs.get(rid)
+            if seq is not None and seq.state == RUNNING and seq.pages:
+                done = self.device.swap_out(seq.pages, now)
+                if done is not None:
+                    seq.state = PARKED
+                    t = max(t, done)
+        ready = t
+        if run.open:  # a turn with nothing of its own to run does not switch
+            ready, changed = self.device.activate(turn.model, t)
+            if changed:
+                self.stats.switches += 1
+            ready = max(ready, self._swap_in_turn(ready))
+            run.switch_s = ready - t
+            self.stats.switch_s += run.switch_s
+        if turn.prefetch and turn.prefetch != turn.model:
+            self.device.prefetch(turn.prefetch, ready)
+        run.first_step_at = ready
+        self.loop.at(ready, self._boundary)
+
+    def _swap_in_turn(self, now: float) -> float:
+        """Brings the turn's parked requests back, oldest first, while device pages last."""
+        t = now
+        for seq in sorted(self._members(), key=lambda s: s.order):
+            if seq.state == PARKED:
+                done = self.device.swap_in(seq.pages, now)
+                if done is None:
+                    break
+                seq.state = RUNNING
+                t = max(t, done)
+        return t
+
+    def _members(self) -> list[Seq]:
+        """The turn's open requests."""
+        return [self.seqs[r] for r in self._run.open]
+
+    def _boundary(self) -> None:
+        run = self._run
+        now = self.loop.now
+        members = self._members()
+        reason = None
+        # The same order as services/gpu_worker/turn.py; a started turn takes at least one step
+        # before a newer one replaces it, as the worker's engine thread does.
+        if not run.requested:
+            reason = "idle"
+        elif not members:
+            reason = "done"
+        elif run.turn.until_prefilled and run.open <= run.produced:
+            reason = "prefilled"
+        elif run.steps and now - run.first_step_at >= run.turn.quota_s:
+            reason = "quota"
+        elif run.steps and self._waiting_turns:
+            reason = "replaced"
+        if reason is None:
+            ready = max(now, self._swap_in_turn(now))
+            step = self._schedule(members)
+            if step is None and self._park_idle_requests(now):
+                ready = max(ready, self.device.d2h_free_at, self._swap_in_turn(self.device.d2h_free_at))
+                step = self._schedule(self._members())
+            if step is None:
+                reason = "idle"
+            else:
+                self.loop.at(ready + step.seconds, self._step_done, step)
+                return
+        self._end(reason)
+
+    def _end(self, reason: str) -> None:
+        run, now = self._run, self.loop.now
+        t = run.turn
+        self.stats.turns[reason] = self.stats.turns.get(reason, 0) + 1
+        self.outbox.report(
+            TurnReport(
+                worker_id=self.worker_id,
+                turn_id=t.turn_id,
+                model=t.model,
+                reason=reason,
+                switch_s=run.switch_s,
+                prefill_steps=run.prefill_steps,
+                prefill_tokens=run.prefill_tokens,
+                prefill_s=run.prefill_s,
+                decode_steps=run.decode_steps,
+                decode_tokens=run.decode_tokens,
+                decode_context_tokens=run.decode_context_tokens,
+                decode_s=run.decode_s,
+                prefilled=tuple(run.prefilled),
+                finished=tuple(run.finished),
+                idle_s=run.idle_s,
+                ts=now,
+            )
+        )
+        self._run = None
+        if self._waiting_turns:
+            *skipped, latest = self._waiting_turns
+            self._waiting_turns = []
+            for turn in skipped:
+                self.stats.turns["replaced"] = self.stats.turns.get("replaced", 0) + 1
+                self.outbox.report(
+                    TurnReport(
+                        self.worker_id, turn.turn_id, turn.model, "replaced", 0.0, 0, 0, 0.0, 0, 0, 0, 0.0, ts=now
+                    )
+                )
+            self._begin(latest, 0.0)
+        else:
+            self._idle_since = now
+
+    # ---- steps ----------------------------------------------------------------------
+
+    def _schedule(self, members: list[Seq]) -> _Step | None:
+        model = self._run.turn.model
+        ordered = sorted((s for s in members if s.state != PARKED), key=lambda s: s.order)
+        return self._schedule_prefill(model, ordered) or self._schedule_decode(model, ordered)
+
+    def _schedule_prefill(self, model: str, ordered: list[Seq]) -> _Step | None:
+        block = self.device.block_tokens[model]
+        partial = [s for s in ordered if s.state == RUNNING and s.uncached > 1]
+        candidates = partial + [s for s in ordered if s.state == WAITING]
+        budget = self.config.max_batch_tokens
+        seqs, counts = [], []
+        for seq in candidates:
+            if budget == 0 or len(seqs) == self.config.max_batch_size:
+                break
+            n = min(seq.uncached, budget)
+            extra = pages_for(seq.cached + n, block) - seq.pages
+            if not self.device.allocate(extra):
+                break
+            seq.pages += extra
+            seq.state = RUNNING
+            seqs.append(seq)
+            counts.append(n)
+            budget -= n
+        if not seqs:
+            return None
+        return _Step(True, seqs, counts, self.cost.prefill_step_s(model, sum(counts)))
+
+    def _schedule_decode(self, model: str, ordered: list[Seq]) -> _Step | None:
+        block = self.device.block_tokens[model]
+        seqs = []
+        for seq in [s for s in ordered if s.state == RUNNING and s.uncached == 1]:
+            if len(seqs) == self.config.max_batch_size:
+                break
+            if seq.state != RUNNING:
+                continue  # preempted below to make room for an earlier request
+            if pages_for(seq.cached + 1, block) > seq.pages and not self._reserve_page(seq, model):
+                continue
+            seqs.append(seq)
+        if not seqs:
+            return None
+        context = sum(s.cached + 1 for s in seqs)
+        return _Step(False, seqs, [1] * len(seqs), self.cost.decode_step_s(model, len(seqs), context), context)
+
+    def _reserve_page(self, seq: Seq, model: str) -> bool:
+        """Room for seq's next token, preempting the model's latest request if needed (engine semantics)."""
+        while not self.device.allocate(1):
+            victims = [s for s in self.seqs.values() if s.model == model and s.state == RUNNING and s.pages]
+            victim = max(victims, key=lambda s: s.order)
+            self._drop_kv(victim)
+            self.stats.preemptions += 1
+            if victim is seq:
+                return False
+        seq.pages += 1
+        return True
+
+    def _park_idle_requests(self, now: float) -> bool:
+        """Swaps out the requests on the device that are not in the turn (other models', and the
+        model's unlisted ones) when the turn's requests have no page to run on (engine semantics)."""
+        parked = False
+        for seq in self.seqs.values():
+            if seq.id not in self._run.open and seq.state == RUNNING and seq.pages:
+                if self.device.swap_out(seq.pages, now) is not None:
+                    seq.state = PARKED
+                    parked = True
+        return parked
+
+    def _drop_kv(self, seq: Seq) -> None:
+        if seq.state == PARKED:
+            self.device.release_host(seq.pages)
+        else:
+            self.device.release(seq.pages)
+        seq.pages, seq.cached, seq.state = 0, 0, WAITING
+
+    def _step_done(self, step: _Step) -> None:
+        run = self._run
+        run.steps += 1
+        self.stats.busy_s += step.seconds
+        if step.prefill:
+            run.prefill_steps += 1
+            run.prefill_tokens += sum(step.counts)
+            run.prefill_s += step.seconds
+        else:
+            run.decode_steps += 1
+            run.decode_tokens += len(step.seqs)
+            run.decode_context_tokens += step.context_tokens
+            run.decode_s += step.seconds
+        chunks = []
+        for seq, n in zip(step.seqs, step.counts):
+            if self.seqs.get(seq.id) is not seq or seq.state != RUNNING:
+                continue  # cancelled or preempted while the step ran
+            seq.cached += n
+            if seq.cached == seq.tokens:
+                chunks.append(self._produce(seq, run))
+        if chunks:
+            self.outbox.chunks(chunks)
+        self._boundary()
+
+    def _produce(self, seq: Seq, run: _TurnRun) -> TokenChunk:
+        index = seq.produced
+        seq.produced += 1
+        seq.produced_here += 1
+        run.produced.add(seq.id)
+        if seq.produced_here == 1:
+            run.prefilled.append(seq.id)
+        block = self.device.block_tokens[seq.model]
+        done = seq.produced >= seq.max_tokens or pages_for(seq.tokens + 1, block) > self.device.total_pages
+        usage = Usage(seq.prompt, seq.produced) if done else None
+        if done:
+            run.finished.append(seq.id)
+            run.open.discard(seq.id)
+            del self.seqs[seq.id]
+            self._drop_kv(seq)
+        return TokenChunk(seq.id, index, (DUMMY_TOKEN,), None, "length" if done else None, usage, None, self.worker_id)
+
+    def _error(self, request_id: str, index: int, error: ErrorInfo) -> None:
+        self.outbox.chunks([TokenChunk(request_id, index, error=error, worker_id=self.worker_id)])
