@@ -321,10 +321,13 @@ class RouterPolicy:
     def _drive(self, now: float) -> list[Decision]:
         """Gives each idle live worker its next turn and replaces turns that must give way."""
         decisions: list[Decision] = []
+        prefill, decode = self._roles(now)
+        prefill_only = {v.worker_id for v in prefill} if prefill is not decode else set()
         for view in self._live(now):
             schedule = self._schedules.get(view.worker_id)
             if schedule is None:
                 continue  # (a draining worker is not ready but still runs the turns of what it holds)
+            schedule.prefill_only = view.worker_id in prefill_only
             if schedule.turn is None or schedule.should_replace(view, now):
                 turn = schedule.next_turn(view, now)
                 if turn is not None:

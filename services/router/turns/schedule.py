@@ -2,13 +2,13 @@
 
 Two disciplines share this bookkeeping:
 
-- token (Aegaeon, SOSP'25, §4): waiting requests are prefilled first, in grouped FCFS
-  order (`batching.prefill_groups`); a group of the model already on the device may jump
-  ahead when no earlier request's TTFT deadline suffers for it. Requests that have their
-  first token decode in rounds: each round forms one batch per model (split when the KV
-  cache cannot hold it) and gives each batch one turn whose quota comes from the TBT
-  objective (`slo.quota.decode_quotas`). A lone batch decodes without a quota and is
-  replaced as soon as anything else wants the worker.
+- token (after Aegaeon, SOSP'25, §4): rounds in which every model with work gets one turn.
+  A round forms one batch per model (FCFS; split when the KV cache cannot hold it) and gives
+  each a quota from the TBT objective (`slo.quota.decode_quotas`). A turn first prefills the
+  model's newcomers, then decodes the whole batch, so a newcomer costs no extra switch.
+  Only a newcomer whose TTFT deadline would pass before its model's turn gets a prefill turn
+  of its own at once (grouped FCFS, `batching.prefill_groups`). A lone batch runs without a
+  quota and is replaced as soon as anything new arrives.
 - request (the baseline of request-level serving, e.g. ServerlessLLM): one model at a time,
   all of its requests together, until none is left; only then the next model.
 
@@ -47,6 +47,8 @@ class WorkerSchedule:
         self._last_turn: dict[str, int] = {}
         """Model -> number of the latest turn it got, so each round starts with the longest-waiting."""
         self._turns = 0
+        self.prefill_only = False
+        """Disaggregated mode: this worker only prefills (its requests move on after their first token)."""
 
     # ---- events ------------------------------------------------------------------------
 
@@ -108,60 +110,106 @@ class WorkerSchedule:
         if turn is None or turn.until_prefilled:
             return False
         members = set(turn.request_ids)
+        newcomers = [h for h in self.held.values() if h.request_id not in members and (h.remaining or not h.prefilled)]
         if self.config.scheduling == "request":
-            return any(h.model == turn.model and h.request_id not in members for h in self.held.values()) and (
-                len(members) < self.config.max_batch_size
-            )
-        waiting = [h for h in self.held.values() if not h.prefilled]
+            return any(h.model == turn.model for h in newcomers) and len(members) < self.config.max_batch_size
+        if self.prefill_only:
+            return bool(newcomers)
         if math.isinf(turn.quota_s):
-            return bool(waiting) or any(h.request_id not in members for h in self._decoding())
-        if not waiting:
-            return False
-        # A bounded decode turn gives way only when waiting it out would break a TTFT objective.
+            return bool(newcomers)  # a lone batch gives way to anything new
+        if any(h.model == turn.model and not h.prefilled for h in newcomers) and len(members) < self.config.max_batch_size:
+            return True  # its model is on the device: it joins the running turn (beyond Aegaeon)
+        # Otherwise a bounded turn gives way only when waiting it out would break a TTFT objective.
         turn_ends = self.turn_sent_at + turn.quota_s
-        return any(turn_ends + self._prefill_cost(view, [h]) > h.ttft_deadline for h in waiting)
+        return any(turn_ends + self._prefill_cost(view, [h]) > h.ttft_deadline for h in newcomers if not h.prefilled)
 
     # ---- token-level -------------------------------------------------------------------
 
     def _plan_token(self, view: WorkerView, now: float):
         waiting = [h for h in self.held.values() if not h.prefilled]
-        if waiting:
-            groups = prefill_groups(waiting, self.config.max_prefill_group)
-            group = self._pick_group(groups, view, now)
-            after = [g for g in groups if g is not group]
-            prefetch = after[0][0].model if after else self._next_round_model()
-            return group[0].model, group, math.inf, True, prefetch
-        decoding = self._decoding()
-        if not decoding:
+        if self.prefill_only:
+            if not waiting:
+                return None
+            group = prefill_groups(waiting, self.config.max_prefill_group)[0]
+            return group[0].model, group, math.inf, True, None
+        extended = self._extend_running(view, now)
+        if extended is not None:
+            return extended
+        urgent = self._urgent_group(waiting, view, now)
+        if urgent is not None:
+            return urgent[0].model, urgent, math.inf, True, self._next_round_model()
+        work = self._decoding() + waiting
+        if not work:
             return None
         if not self._round:
-            self._round = self._new_round(decoding, view)
+            self._round = self._new_round(work, view)
         while self._round:
             ids, quota = self._round.pop(0)
             batch = self._batch_now(ids, view)
             if batch:
-                if not self._round:
-                    quota = math.inf if not self._others_waiting(batch) else quota
+                if not self._round and not self._others_waiting(batch):
+                    quota = math.inf  # alone now: no one to give way to
+                fresh = [h for h in batch if not h.prefilled]
+                if fresh and math.isfinite(quota):
+                    quota += self._prefill_cost(view, fresh, switching=False)  # newcomers prefill first
                 return batch[0].model, batch, quota, False, self._next_round_model()
         return None
 
-    def _pick_group(self, groups: list[list[Held]], view: WorkerView, now: float) -> list[Held]:
-        """The head group, unless a group of the model on the device can go first without any
-        earlier request missing its TTFT deadline (beyond Aegaeon: saves a switch)."""
-        warm = next((g for g in groups if g[0].model == self.device_model), None)
-        if warm is None or warm is groups[0]:
-            return groups[0]
-        delay = self._prefill_cost(view, warm, switching=False)
-        finish = now + delay
-        for group in groups[: groups.index(warm)]:
-            finish += self._prefill_cost(view, group)
-            if any(finish > h.ttft_deadline for h in group):
-                return groups[0]
-        return warm
+    def _extend_running(self, view: WorkerView, now: float):
+        """The running bounded turn again, with the newcomers of its model (already on the
+        device, so they cost no switch) and the rest of its quota plus their prefill time."""
+        turn = self.turn
+        if turn is None or turn.until_prefilled or math.isinf(turn.quota_s):
+            return None
+        members = [self.held[r] for r in turn.request_ids if r in self.held]
+        joining = [h for h in self.held.values() if h.model == turn.model and not h.prefilled and h not in members]
+        if not joining:
+            return None
+        batch = (members + sorted(joining, key=lambda h: h.arrival))[: self.config.max_batch_size]
+        left = max(self.turn_sent_at + turn.quota_s - now, 0.0)
+        return turn.model, batch, left + self._prefill_cost(view, joining, switching=False), False, turn.prefetch
 
-    def _new_round(self, decoding: list[Held], view: WorkerView) -> list[tuple[list[str], float]]:
+    def _urgent_group(self, waiting: list[Held], view: WorkerView, now: float) -> list[Held] | None:
+        """Newcomers normally prefill at the start of their model's next turn, which saves a
+        switch. A group whose TTFT deadline would pass before that turn comes gets a prefill
+        turn of its own now (grouped FCFS among those, Aegaeon §4.2)."""
+        if not waiting:
+            return None
+        wait = self._waits(view)
+        late = [
+            h for h in waiting
+            if now + wait.get(h.model, wait[None]) + self._prefill_cost(view, [h]) > h.ttft_deadline - self._margin(h)
+        ]
+        if not late:
+            return None
+        late_models = {h.model for h in late}
+        groups = prefill_groups([h for h in waiting if h.model in late_models], self.config.max_prefill_group)
+        return groups[0]
+
+    def _waits(self, view: WorkerView) -> dict[str | None, float]:
+        """Estimated seconds until each model's next turn starts; None: a model not in this round."""
+        waits: dict[str | None, float] = {}
+        elapsed = 0.0
+        previous = self.device_model
+        for ids, quota in self._round:
+            held = [self.held[r] for r in ids if r in self.held]
+            if not held:
+                continue
+            model = held[0].model
+            if model != previous:
+                elapsed += self.estimates.switch_s(view.weight_bytes.get(model, 0))
+            waits.setdefault(model, elapsed)
+            elapsed += quota if math.isfinite(quota) else 0.0
+            previous = model
+        waits[None] = elapsed
+        return waits
+
+    def _margin(self, held: Held) -> float:
+        return 0.1 * held.ttft_s
+
+    def _new_round(self, work: list[Held], view: WorkerView) -> list[tuple[list[str], float]]:
         c = self.config
-        batches = decode_batches(decoding, view.total_kv_pages, view.block_tokens_of, self._growth(view), c.max_batch_size)
+        batches = decode_batches(work, view.total_kv_pages, view.block_tokens_of, self._growth(view), c.max_batch_size)
         # Models that waited longest first; among those never served, the one on the device.
         batches.sort(
             key=lambda b: (self._last_turn.get(b[0].model, 0), b[0].model != self.device_model, min(h.arrival for h in b))
@@ -182,9 +230,9 @@ class WorkerSchedule:
         return [([h.request_id for h in b], max(quotas[str(i)], floor[str(i)])) for i, b in enumerate(batches)]
 
     def _batch_now(self, ids: list[str], view: WorkerView) -> list[Held]:
-        """The batch as it stands at its turn: finished requests gone, and newly prefilled
-        requests of its model that no later batch of the round holds joined while room lasts."""
-        batch = [self.held[r] for r in ids if r in self.held and self.held[r].prefilled and self.held[r].remaining]
+        """The batch as it stands at its turn: finished requests gone, and requests of its model
+        that arrived since the round was planned (and no later batch holds) joined while room lasts."""
+        batch = [self.held[r] for r in ids if r in self.held and (self.held[r].remaining or not self.held[r].prefilled)]
         if not batch:
             return []
         model = batch[0].model
@@ -192,9 +240,11 @@ class WorkerSchedule:
         taken = {h.request_id for h in batch} | later
         block, grow = view.block_tokens_of(model), self._growth(view)
         pages = sum(pages_for(h.context + grow(h), block) for h in batch)
-        for held in self._decoding():
-            if held.model != model or held.request_id in taken or len(batch) >= self.config.max_batch_size:
+        for held in sorted(self.held.values(), key=lambda h: h.arrival):
+            if held.model != model or held.request_id in taken or not (held.remaining or not held.prefilled):
                 continue
+            if len(batch) >= self.config.max_batch_size:
+                break
             need = pages_for(held.context + grow(held), block)
             if view.total_kv_pages > 0 and pages + need > view.total_kv_pages:
                 break
@@ -204,7 +254,7 @@ class WorkerSchedule:
 
     def _others_waiting(self, batch: list[Held]) -> bool:
         members = {h.request_id for h in batch}
-        return any(h.request_id not in members for h in self._decoding())
+        return any(h.request_id not in members and (h.remaining or not h.prefilled) for h in self.held.values())
 
     def _next_round_model(self) -> str | None:
         for ids, _ in self._round:
