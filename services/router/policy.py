@@ -153,7 +153,7 @@ class RouterPolicy:
         tracked.record(chunk)
         if chunk.finish_reason is None and chunk.error is None:
             if tracked.worker_id is not None and chunk.worker_id in ("", tracked.worker_id):
-                produced_here = len(tracked.produced()) - tracked.resumed
+                produced_here = tracked.prefix - tracked.resumed
                 self._schedules[tracked.worker_id].progress(chunk.request_id, produced_here)
                 return self._hand_over([tracked], now)
             return []
@@ -302,7 +302,7 @@ class RouterPolicy:
         tracked.misses = 0
         view.assigned.add(tracked.request.id)
         request = tracked.request
-        resumed = len(tracked.produced())
+        resumed = tracked.prefix
         tracked.resumed = resumed
         ttft_s, tbt_s = self._slos.get(request.model, DEFAULT_SLO)
         held = Held(

@@ -92,13 +92,15 @@ class TrackedRequest:
     def model(self) -> str:
         return self.request.model
 
+    prefix: int = 0
+    """Length of the gap-free prefix of `tokens`, kept as chunks arrive."""
+
     def record(self, chunk: TokenChunk) -> None:
         for offset, token in enumerate(chunk.token_ids):
             self.tokens.setdefault(chunk.index + offset, token)
+        while self.prefix in self.tokens:
+            self.prefix += 1
 
     def produced(self) -> tuple[int, ...]:
         """The gap-free prefix of produced tokens: what a new worker resumes from."""
-        out = []
-        while len(out) in self.tokens:
-            out.append(self.tokens[len(out)])
-        return tuple(out)
+        return tuple(self.tokens[i] for i in range(self.prefix))
