@@ -12,8 +12,11 @@ class TurnMetrics:
     def __init__(self, registry: Registry):
         labels = ("worker", "model")
         self._turns = registry.counter("tp_worker_turns_total", "Turns a worker ran, by how they ended.", ("worker", "model", "reason"))
-        self._switches = registry.counter("tp_worker_switches_total", "Turns that had to bring their model or KV in.", labels)
-        self._switch_s = registry.counter("tp_worker_switch_seconds_total", "Seconds spent switching models.", labels)
+        self._switches = registry.counter("tp_worker_switches_total", "Turns whose model differs from the previous turn's.", labels)
+        self._switch_s = registry.counter(
+            "tp_worker_switch_seconds_total", "Seconds turns spent before their first step (model and KV in).", labels
+        )
+        self._previous: dict[str, str] = {}
         self._length = registry.histogram(
             "tp_worker_turn_seconds", "Compute seconds per turn (prefill + decode).", ("worker", "kind"), TURN_BUCKETS
         )
@@ -23,9 +26,10 @@ class TurnMetrics:
     def record(self, r: TurnReport) -> None:
         worker, model = r.worker_id, r.model
         self._turns.inc(worker=worker, model=model, reason=r.reason)
-        if r.switch_s > 0:
+        if self._previous.get(worker, model) != model:
             self._switches.inc(worker=worker, model=model)
-            self._switch_s.inc(r.switch_s, worker=worker, model=model)
+        self._previous[worker] = model
+        self._switch_s.inc(r.switch_s, worker=worker, model=model)
         kind = "prefill" if r.prefill_steps and not r.decode_steps else "decode"
         self._length.observe(r.prefill_s + r.decode_s, worker=worker, kind=kind)
         self._idle.inc(r.idle_s, worker=worker)

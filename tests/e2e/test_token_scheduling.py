@@ -116,7 +116,7 @@ def test_four_models_on_one_worker_interleave_and_match_greedy_alone(tmp_path_fa
     # The router counts the worker's turns and switches; the gateway judges each request's SLO.
     for model in MODELS:
         assert metric(router_metrics, "tp_worker_turns_total", worker="worker-0", model=model) >= 2
-    assert metric(router_metrics, "tp_worker_switches_total", worker="worker-0") >= 4
+    assert metric(router_metrics, "tp_worker_switches_total", worker="worker-0") >= 3
     assert metric(gateway_metrics, "tp_request_slo_attainment_count") == len(MODELS)
     assert metric(gateway_metrics, "tp_requests_slo_strict_total") == len(MODELS)
 

@@ -150,8 +150,8 @@ class WorkerSchedule:
                 if not self._round and not self._others_waiting(batch):
                     quota = math.inf  # alone now: no one to give way to
                 fresh = [h for h in batch if not h.prefilled]
-                if fresh and math.isfinite(quota):
-                    quota += self._prefill_cost(view, fresh, switching=False)  # newcomers prefill first
+                if fresh and math.isfinite(quota):  # newcomers prefill first, within Q_max
+                    quota = max(quota, min(quota + self._prefill_cost(view, fresh, switching=False), self.config.max_quota_s))
                 return batch[0].model, batch, quota, False, self._next_round_model()
         return None
 
