@@ -126,9 +126,13 @@ class TokenChunk:
 class AssignRequest:
     """Router to worker: serve this request; resume_token_ids were already produced elsewhere."""
 
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 2
     request: GenerateRequest
     resume_token_ids: tuple[int, ...] = ()
+    kv_handoff: str = ""
+    """Name of an entry in this machine's KV hand-off area holding the request's KV cache for
+    its prompt and resume tokens but the last (written by a prefill worker); empty, or an
+    entry that cannot be read: the worker prefills from the tokens (recompute)."""
 
 
 @message
@@ -194,7 +198,7 @@ class RunTurn:
     this one at the next step boundary). The worker then sends a TurnReport and waits.
     """
 
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 2
     turn_id: int
     model: str
     request_ids: tuple[str, ...]
@@ -205,13 +209,16 @@ class RunTurn:
     """Requests (of any model) whose KV goes to host memory before this turn starts."""
     prefetch: str | None = None
     """The model to copy towards the device while this turn computes."""
+    hand_off: bool = False
+    """Disaggregated prefill: once a request has its first token, its KV cache goes to this
+    machine's KV hand-off area and the worker lets the request go (TurnReport.handed_off)."""
 
 
 @message
 class TurnReport:
     """Worker to router: how a turn went, for the scheduler and its time estimators."""
 
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 2
     worker_id: str
     turn_id: int
     model: str
@@ -234,6 +241,9 @@ class TurnReport:
     idle_s: float = 0.0
     """Seconds the worker waited with nothing to run before this turn arrived."""
     ts: float = 0.0
+    handed_off: tuple[str, ...] = ()
+    """Requests whose KV went to the hand-off area (entry named by request id); the worker no
+    longer holds them."""
 
 
 WorkerCommand = AssignRequest | CancelAssignment | PrefetchModel | RunTurn
