@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--prefill-workers", type=int, default=p.prefill_workers,
         help="disaggregated mode: this many workers only prefill, the rest only decode (default 0: both everywhere)",
     )
+    parser.add_argument(
+        "--kv-handoff", action="store_true",
+        help="with --prefill-workers on one machine: move the KV cache through host memory, not by recompute",
+    )
     parser.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics here (0: a free port)")
     parser.add_argument("--metrics-host", default=d.metrics_host)
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR (default $TOKENPOOL_LOG_LEVEL)")
@@ -70,6 +74,7 @@ def build_config(args: argparse.Namespace) -> RouterConfig:
         scheduling=args.scheduling,
         max_quota_s=args.max_quota,
         prefill_workers=args.prefill_workers,
+        kv_handoff=args.kv_handoff,
     )
     return RouterConfig(
         nats=args.nats,

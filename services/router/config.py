@@ -90,6 +90,9 @@ class PolicyConfig:
     """Disaggregated mode: this many workers (the first by id) only prefill, the others only
     decode; a request moves after its first token by recompute. 0: every worker does both.
     With too few live workers the pool falls back to doing both everywhere."""
+    kv_handoff: bool = False
+    """Disaggregated mode on one machine: prefill workers leave each request's KV cache in the
+    machine's shared hand-off area and decode workers read it, instead of recomputing it."""
     time_priors: TimePriors = field(default_factory=TimePriors)
 
     def __post_init__(self):

@@ -10,11 +10,12 @@ from shared.protocol import ErrorInfo, GenerateRequest, RunTurn
 
 @dataclass(frozen=True)
 class Assign:
-    """Send AssignRequest(request, resume_token_ids) to the worker."""
+    """Send AssignRequest(request, resume_token_ids, kv_handoff) to the worker."""
 
     worker_id: str
     request: GenerateRequest
     resume_token_ids: tuple[int, ...] = ()
+    kv_handoff: str = ""
 
 
 @dataclass(frozen=True)

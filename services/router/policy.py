@@ -155,7 +155,8 @@ class RouterPolicy:
             if tracked.worker_id is not None and chunk.worker_id in ("", tracked.worker_id):
                 produced_here = tracked.prefix - tracked.resumed
                 self._schedules[tracked.worker_id].progress(chunk.request_id, produced_here)
-                return self._hand_over([tracked], now)
+                if not self.config.kv_handoff:  # else the prefill worker hands it over after its turn
+                    return self._hand_over([tracked], now)
             return []
         holder = tracked.worker_id
         self._finish(chunk.request_id)
@@ -170,8 +171,11 @@ class RouterPolicy:
         if view is None or schedule is None:
             return []
         schedule.on_report(report, view)
-        prefilled = [self._requests[r] for r in report.prefilled if r in self._requests]
-        return self._hand_over([t for t in prefilled if t.worker_id == report.worker_id], now) or self._drive(now)
+        decisions = self._handed_off(report, now)
+        moved = set(report.handed_off)
+        prefilled = [self._requests[r] for r in report.prefilled if r in self._requests and r not in moved]
+        prefilled = [t for t in prefilled if t.worker_id == report.worker_id]
+        return decisions + (self._hand_over(prefilled, now, after_report=True) or self._drive(now))
 
     def cancel(self, request_id: str, now: float) -> list[Decision]:
         tracked = self._requests.get(request_id)
@@ -263,9 +267,30 @@ class RouterPolicy:
                 return view
         return scoring.pick(live, model, self.config)
 
-    def _hand_over(self, prefilled: list[TrackedRequest], now: float) -> list[Decision]:
+    def _handed_off(self, report: TurnReport, now: float) -> list[Decision]:
+        """Requests whose KV a prefill worker left in the machine's hand-off area: the worker let
+        them go, so they move to a decode worker (or wait in their queue for one) with the entry."""
+        decisions: list[Decision] = []
+        for rid in report.handed_off:
+            tracked = self._requests.get(rid)
+            if tracked is None or tracked.worker_id != report.worker_id:
+                continue
+            self._workers_assigned_discard(tracked)
+            tracked.worker_id = None
+            tracked.kv_handoff = rid
+            target = scoring.pick(self._roles(now)[1], tracked.model, self.config)
+            if target is None:
+                self._requeue([rid])
+            else:
+                decisions.append(self._assign(tracked, target))
+        return decisions
+
+    def _hand_over(self, prefilled: list[TrackedRequest], now: float, after_report: bool = False) -> list[Decision]:
         """Disaggregated mode: a request that got its first token on a prefill worker moves to
-        a decode worker, which re-prefills prompt + tokens (recompute; the KV is not shipped)."""
+        a decode worker, which re-prefills prompt + tokens (recompute). With kv_handoff this is
+        only the fallback for requests the prefill worker did not hand off."""
+        if self.config.kv_handoff and not after_report:
+            return []
         prefill, decode = self._roles(now)
         if prefill is decode:
             return []
@@ -335,8 +360,9 @@ class RouterPolicy:
         return decisions
 
     def _assign(self, tracked: TrackedRequest, view: WorkerView) -> Assign:
-        self._place(tracked, view)
-        return Assign(view.worker_id, tracked.request, tracked.produced())
+        entry, tracked.kv_handoff = tracked.kv_handoff, ""  # one try: a later move recomputes
+        self._place(tracked, view, adopted=bool(entry))
+        return Assign(view.worker_id, tracked.request, tracked.produced(), entry)
 
     def _dispatch(self, now: float) -> list[Decision]:
         """Assigns queued requests while capacity lasts, oldest queue head first."""

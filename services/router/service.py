@@ -170,7 +170,7 @@ class RouterService:
             log.debug("assign %s to %s (resume %d tokens)", d.request.id, d.worker_id, len(d.resume_token_ids))
             headers = self._spans.headers(d.request.id)
             self._spans.end(d.request.id, worker=d.worker_id, resumed_tokens=len(d.resume_token_ids))
-            message = encode(AssignRequest(d.request, d.resume_token_ids))
+            message = encode(AssignRequest(d.request, d.resume_token_ids, d.kv_handoff))
             await publish(subjects.worker_commands(d.worker_id), message, headers=headers or None)
         elif isinstance(d, Reject):
             log.info("reject %s: %s %s", d.request.id, d.error.code, d.error.message)

@@ -87,6 +87,8 @@ class TrackedRequest:
     """Consecutive reports of the holder that did not list this request."""
     resumed: int = 0
     """Tokens it had produced when its current worker took it (that worker re-prefills them)."""
+    kv_handoff: str = ""
+    """A KV hand-off entry a prefill worker left for it, until a decode worker takes it."""
 
     @property
     def model(self) -> str:

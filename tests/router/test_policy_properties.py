@@ -147,7 +147,7 @@ class RouterMachine(RuleBasedStateMachine):
         running = [w for w in self.workers if w.alive and w.turn]
         worker = running[i % len(running)]
         turn, worker.turn = worker.turn, None
-        prefilled = []
+        prefilled, handed_off = [], []
         for rid in turn.request_ids:
             if rid not in worker.holding or self.models[rid] != turn.model:
                 continue
@@ -159,10 +159,16 @@ class RouterMachine(RuleBasedStateMachine):
             if finish:
                 del worker.holding[rid]
             prefilled.append(rid)
+            if turn.hand_off and not finish:
+                del worker.holding[rid]  # its KV went to the hand-off area; the worker let it go
+                handed_off.append(rid)
             self.chunks.append(chunk)
             self.seen.setdefault(rid, set()).update(range(start, start + n))
             self.execute(self.policy.on_tokens(chunk, self.now))
-        report = TurnReport(worker.worker_id, turn.turn_id, turn.model, reason, 0.01, 1, 3, 0.01, steps, steps, 10 * steps, 0.02 * steps, tuple(prefilled))
+        report = TurnReport(
+            worker.worker_id, turn.turn_id, turn.model, reason, 0.01, 1, 3, 0.01, steps, steps, 10 * steps, 0.02 * steps, tuple(prefilled),
+            handed_off=tuple(handed_off),
+        )
         self.execute(self.policy.on_turn_report(report, self.now))
 
     @precondition(lambda self: self.chunks)
@@ -280,3 +286,13 @@ RouterMachine.TestCase.settings = settings(max_examples=150, stateful_step_count
 test_router_policy_properties = RouterMachine.TestCase
 DisaggregatedMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=60, deadline=None)
 test_disaggregated_policy_properties = DisaggregatedMachine.TestCase
+
+
+class HandOffMachine(RouterMachine):
+    """Disaggregated with the KV hand-off: prefill workers let requests go after their first token."""
+
+    config = replace(CONFIG, prefill_workers=1, kv_handoff=True)
+
+
+HandOffMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=60, deadline=None)
+test_kv_handoff_policy_properties = HandOffMachine.TestCase

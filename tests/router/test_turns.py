@@ -233,3 +233,31 @@ def test_disaggregated_mode_with_one_live_worker_does_both_there():
     p.on_worker_state(worker_state("w1"), 0.0)
     [t1] = start(p, "r1", "a", 0.1)
     assert p.holder("r1") == "w1" and not t1.until_prefilled
+
+
+def test_kv_handoff_moves_a_prefilled_request_with_its_kv_entry_instead_of_recomputing():
+    p = make_policy(prefill_workers=1, kv_handoff=True)
+    p.on_worker_state(worker_state("w0"), 0.0)
+    p.on_worker_state(worker_state("w1"), 0.0)
+    [t1] = turns(p.submit(request("r1", "a"), 0.1))
+    assert t1.until_prefilled and t1.hand_off
+    assert p.on_tokens(tokens("r1", 0, (7,), "w0"), 0.2) == []  # the worker hands it over after its turn
+    moved = p.on_turn_report(report(t1, "prefilled", "w0", prefilled=("r1",), handed_off=("r1",)), 0.21)
+    [assign] = [d for d in moved if isinstance(d, Assign)]
+    assert (assign.worker_id, assign.resume_token_ids, assign.kv_handoff) == ("w1", (7,), "r1")
+    assert not any(isinstance(d, Cancel) for d in moved)  # the prefill worker already let it go
+    [t2] = turns(moved)
+    assert (t2.request_ids, t2.until_prefilled, t2.hand_off) == (("r1",), False, False)
+    assert p.schedule_of("w1").held["r1"].prefilled  # its KV arrives with it: it decodes at once
+
+
+def test_kv_handoff_falls_back_to_recompute_for_a_request_the_prefill_worker_kept():
+    p = make_policy(prefill_workers=1, kv_handoff=True)
+    p.on_worker_state(worker_state("w0"), 0.0)
+    p.on_worker_state(worker_state("w1"), 0.0)
+    [t1] = turns(p.submit(request("r1", "a"), 0.1))
+    p.on_tokens(tokens("r1", 0, (7,), "w0"), 0.2)
+    moved = p.on_turn_report(report(t1, "prefilled", "w0", prefilled=("r1",)), 0.21)
+    assert Cancel("w0", "r1") in moved
+    [assign] = [d for d in moved if isinstance(d, Assign)]
+    assert (assign.worker_id, assign.resume_token_ids, assign.kv_handoff) == ("w1", (7,), "")

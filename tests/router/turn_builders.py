@@ -29,10 +29,14 @@ def turns(decisions) -> list:
     return [d.turn for d in decisions if isinstance(d, StartTurn)]
 
 
-def report(turn, reason="done", worker_id="w1", prefilled=(), decode_steps=0, decode_s=0.0, switch_s=0.0, prefill_tokens=0, prefill_s=0.0):
+def report(
+    turn, reason="done", worker_id="w1", prefilled=(), decode_steps=0, decode_s=0.0, switch_s=0.0, prefill_tokens=0,
+    prefill_s=0.0, handed_off=(),
+):
     return TurnReport(
         worker_id, turn.turn_id, turn.model, reason, switch_s, 1 if prefill_tokens else 0, prefill_tokens, prefill_s,
         decode_steps, decode_steps * len(turn.request_ids), decode_steps * 100, decode_s, tuple(prefilled), (),
+        handed_off=tuple(handed_off),
     )
 
 

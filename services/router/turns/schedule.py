@@ -99,6 +99,7 @@ class WorkerSchedule:
             until_prefilled,
             tuple(park),
             prefetch if prefetch != model else None,
+            self.prefill_only and self.config.kv_handoff,
         )
         self.turn, self.turn_sent_at, self.device_model = turn, now, model
         self._turns += 1
