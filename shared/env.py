@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -133,3 +134,19 @@ def worker_id(environ: Mapping[str, str] = os.environ) -> str | None:
 
 def device(environ: Mapping[str, str] = os.environ) -> str:
     return environ.get(DEVICE) or "cpu"
+
+
+KV_HANDOFF_DIR = "TOKENPOOL_KV_HANDOFF_DIR"
+"""Directory through which gpu_workers on one machine hand a request's KV cache from prefill to
+decode (disaggregated mode); every worker of the machine must use the same one.
+
+Default: ``/dev/shm/tokenpool-kv`` where /dev/shm exists (memory, not disk), else
+``tokenpool-kv`` in the temporary directory.
+"""
+
+
+def kv_handoff_dir(environ: Mapping[str, str] = os.environ) -> Path:
+    if value := environ.get(KV_HANDOFF_DIR):
+        return Path(value).expanduser()
+    shm = Path("/dev/shm")
+    return (shm if shm.is_dir() else Path(tempfile.gettempdir())) / "tokenpool-kv"

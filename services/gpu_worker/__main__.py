@@ -3,11 +3,11 @@
 Usage:
     python -m services.gpu_worker --nats nats://127.0.0.1:4222 --catalog deploy/catalog.toml \\
         --worker-id worker-0 [--models demo-llama,demo-qwen2] [--device cuda] [--kv-arena-bytes 1GiB]
-        [--engine torch|echo] [--echo-step-s 0.02]
+        [--engine torch|echo] [--echo-step-s 0.02] [--kv-handoff-dir /dev/shm/tokenpool-kv]
 
 Environment fallbacks: TOKENPOOL_NATS_URL, TOKENPOOL_CATALOG, TOKENPOOL_WORKER_ID,
-TOKENPOOL_DEVICE, TOKENPOOL_LOG_LEVEL, TOKENPOOL_MODEL_STORE. Sizes take KiB/MiB/GiB suffixes.
-The router's RunTurn commands decide what the worker computes and when; requests assigned
+TOKENPOOL_DEVICE, TOKENPOOL_LOG_LEVEL, TOKENPOOL_MODEL_STORE, TOKENPOOL_KV_HANDOFF_DIR.
+Sizes take KiB/MiB/GiB suffixes. The router's RunTurn commands decide what the worker computes and when; requests assigned
 to it wait for a turn. SIGTERM or SIGINT drains: no new work, held requests get
 --drain-timeout seconds to finish in the router's turns, the rest are released silently for
 the router to move. Exit status 2 on a configuration error.
@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--echo-step-s", type=float, default=WorkerConfig.echo_step_s,
                    help="with --engine echo: seconds each step sleeps, standing in for a model (default 0)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for the engine's math (default: torch's)")
+    p.add_argument("--kv-handoff-dir", type=Path, default=None,
+                   help="directory where this machine's workers hand KV caches from prefill to decode "
+                        "(env TOKENPOOL_KV_HANDOFF_DIR, default /dev/shm/tokenpool-kv)")
     p.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR (env TOKENPOOL_LOG_LEVEL)")
     return p
 
@@ -84,6 +87,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         engine=args.engine,
         echo_step_s=args.echo_step_s,
         threads=args.threads,
+        kv_handoff_dir=args.kv_handoff_dir or env.kv_handoff_dir(),
     )
 
 

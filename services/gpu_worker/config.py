@@ -64,6 +64,9 @@ class WorkerConfig:
     threads: int | None = None
     """CPU threads the engine's math may use (torch.set_num_threads); None keeps torch's default.
     On a small CPU host, fewer threads than cores leave room for the rest of the stack."""
+    kv_handoff_dir: Path | None = None
+    """This machine's KV hand-off area (disaggregated prefill to decode between its workers);
+    None: $TOKENPOOL_KV_HANDOFF_DIR, else /dev/shm/tokenpool-kv (or tokenpool-kv in the temp dir)."""
 
     def __post_init__(self):
         if not _TOKEN_SAFE.match(self.worker_id):

@@ -8,6 +8,12 @@ that turn step by step without a bus round trip per token, and reports it (TurnR
 it ends. Requests assigned but in no turn wait here. A RunTurn that arrives while another
 runs replaces it at the next step boundary (the old one is reported first).
 
+Disaggregated prefill on one machine: in a turn with `hand_off`, a request that gets its first
+token of the turn (published as usual) leaves its KV in the machine's hand-off area and the
+worker: it is aborted silently and listed in TurnReport.handed_off. An AssignRequest with
+`kv_handoff` starts from that entry instead of a prefill; if the entry is missing or unusable
+the request is prefilled from its prompt and resume tokens (recompute), as without one.
+
 asyncio talks to it through `submit(command)`; the thread hands each step's TokenChunks,
 finished turns' reports and a state snapshot back through `deliver(Outbox)`, which the
 service wraps with loop.call_soon_threadsafe. With no turn the thread blocks on its queue.
@@ -47,8 +53,11 @@ from services.gpu_worker.commands import (
 )
 from services.gpu_worker.engine.engine import Engine
 from services.gpu_worker.engine.errors import EngineError
+from services.gpu_worker.engine.handoff import HandoffArea, KvHandoffError
 from services.gpu_worker.engine.residency import Tier
+from services.gpu_worker.engine.sequence import EngineRequest
 from services.gpu_worker.turn import RunningTurn
+from shared import env
 from shared.protocol import AssignRequest, ErrorInfo, TokenChunk, TurnReport
 from shared.tracing import SpanBook, extract, tracer
 
@@ -71,13 +80,16 @@ class EngineThread:
         worker_id: str,
         deliver: Callable[[Outbox], None],
         clock: Callable[[], float] = time.perf_counter,
+        kv_area: HandoffArea | None = None,
     ):
+        """`kv_area`: this machine's KV hand-off area (default: the one shared/env.py names)."""
         self._make_engine = make_engine
         self._models = list(models)
         self._context_lengths = context_lengths
         self._worker_id = worker_id
         self._deliver = deliver
         self._clock = clock
+        self._kv_area = kv_area or HandoffArea(env.kv_handoff_dir())
         self._commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
         self._engine: Engine | None = None
@@ -205,17 +217,38 @@ class EngineThread:
             if request is None:
                 self._emit(a, finished_chunk(a, self._worker_id))
                 return
-            self._engine.add_request(request)
+            imported = bool(msg.kv_handoff) and self._import_kv(request, msg.kv_handoff)
+            if not imported:
+                self._engine.add_request(request)
         except Exception as e:
             if not isinstance(e, EngineError):
                 log.exception("request %s: unexpected error while adding it", a.request_id)
             self._emit(a, error_chunk(a, error_info(e), self._worker_id))
             return
         self._requests[a.request_id] = a
-        self._spans.start(a.request_id, "worker.prefill", headers, model=a.model, resumed_tokens=a.resumed)
+        self._spans.start(
+            a.request_id, "worker.prefill", headers, model=a.model, resumed_tokens=a.resumed, kv_imported=imported
+        )
         self._prefilling.add(a.request_id)
         self._pending.changed = True
-        log.debug("request %s: %s, %d prompt + %d resumed tokens", a.request_id, a.model, a.prompt_tokens, a.resumed)
+        log.debug(
+            "request %s: %s, %d prompt + %d resumed tokens%s",
+            a.request_id, a.model, a.prompt_tokens, a.resumed, ", KV imported" if imported else "",
+        )
+
+    def _import_kv(self, request: EngineRequest, name: str) -> bool:
+        """Adds the request with the KV of hand-off entry `name`, which is then deleted; False
+        (nothing added) when the entry cannot be used: the request is prefilled from its tokens."""
+        if not hasattr(self._engine, "export_kv"):  # the echo engine holds no KV
+            return False
+        try:
+            self._engine.add_request(request, kv_entry=self._kv_area.path(name))
+            return True
+        except KvHandoffError as e:
+            log.warning("request %s: %s; recomputing its KV from its tokens", request.request_id, e)
+            return False
+        finally:
+            self._kv_area.remove(name)
 
     def _cancel(self, request_id: str) -> None:
         self._end_spans(request_id, outcome="cancelled")
@@ -384,8 +417,33 @@ class EngineThread:
                 self._end_spans(out.request_id, outcome=out.finish_reason, tokens=a.next_index)
                 log.debug("request %s finished (%s) after %d tokens", a.request_id, out.finish_reason, a.next_index)
                 del self._requests[out.request_id]
+        leaving = turn.due_for_hand_off(produced, finished)
         turn.stepped(self._engine.last_step, started, seconds, produced, first, finished)
+        for request_id in leaving:
+            self._hand_off(request_id)
         self._end_if_over(turn)
+
+    def _hand_off(self, request_id: str) -> None:
+        """Leaves the request's KV in the hand-off area and lets the request go without a word
+        to its client: the router moves it to a decode worker. Should the export fail, it goes
+        all the same, and the decode worker, finding no entry, recomputes its KV."""
+        path = self._kv_area.path(request_id)
+        try:
+            if hasattr(self._engine, "export_kv"):  # the echo engine holds no KV: nothing to leave
+                self._engine.export_kv(request_id, path)
+        except Exception as e:
+            if isinstance(e, EngineError):
+                log.warning("request %s: could not hand its KV off (%s); it will be recomputed", request_id, e)
+            else:
+                log.exception("request %s: unexpected error while exporting its KV; it will be recomputed", request_id)
+            self._kv_area.remove(request_id)  # never leave an older entry of the same name
+        self._kv_area.sweep(time.time())
+        self._end_spans(request_id, outcome="handed_off")
+        self._engine.abort(request_id)
+        del self._requests[request_id]
+        self._turn.handed_off_one(request_id)
+        self._pending.changed = True
+        log.debug("request %s handed off (KV entry %s)", request_id, path)
 
     def _end_if_over(self, turn: RunningTurn) -> bool:
         reason = turn.end_reason(self._clock())

@@ -7,6 +7,8 @@ Commands on worker_commands(id) go to the engine thread: AssignRequest hands a r
 (it waits here), RunTurn has the thread compute one model for some of them until the turn
 ends. Its TokenChunks are published in order by one task, each ended turn's TurnReport after
 the tokens of that turn; WorkerState goes out every report_interval_s and on every change.
+Workers on one machine share a KV hand-off area (config.kv_handoff_dir) for disaggregated
+prefill: RunTurn.hand_off leaves KV there, AssignRequest.kv_handoff picks it up.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ import time
 from services.gpu_worker import commands as cmd
 from services.gpu_worker.coalesce import coalesce
 from services.gpu_worker.config import WorkerConfig, build_engine, plan_engine, served_models
+from services.gpu_worker.engine.handoff import HandoffArea
 from services.gpu_worker.engine_thread import EngineThread
 from services.gpu_worker.gpu_metrics import read_gpu_metrics
 from services.gpu_worker.reporter import worker_state
-from shared import bus, subjects
+from shared import bus, env, subjects
 from shared.catalog import Catalog, load_catalog
 from shared.model_store import ModelStore
 from shared.protocol import (
@@ -76,6 +79,7 @@ class GpuWorker:
             plan.context_lengths,
             c.worker_id,
             lambda outbox: loop.call_soon_threadsafe(self._outboxes.put_nowait, outbox),
+            kv_area=HandoffArea(c.kv_handoff_dir or env.kv_handoff_dir()),
         )
         self._thread.start()
         for coro in (self._publish_outboxes(), self._report_periodically(), self._watch_placement()):

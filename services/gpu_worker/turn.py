@@ -3,6 +3,8 @@
     turn = RunningTurn.start(msg, request_ids=("r1", "r2"), idle_s=0.4)
     turn.stepped(step, started_at=t0, seconds=0.02, produced=["r1", "r2"], first=["r1", "r2"], finished=[])
     turn.end_reason(now)          # None while it goes on: "idle", "done", "prefilled" or "quota"
+    turn.due_for_hand_off(produced=["r1"], finished=[])   # with msg.hand_off: ["r1"] -> then
+    turn.handed_off_one("r1")     # its KV went to the hand-off area; it left the worker
     turn.report(worker_id, reason, ts)
 
 Plain bookkeeping with the clock values passed in; the engine thread steps the engine and
@@ -32,6 +34,8 @@ class RunningTurn:
     requests: tuple[str, ...]
     """The listed requests this worker holds for `model`: what the turn computes."""
     idle_s: float = 0.0
+    hand_off: bool = False
+    """Disaggregated prefill: a request leaves the worker once it has its first token of this turn."""
     switch_s: float = 0.0
     open: set[str] = field(default_factory=set)
     """Requests of the turn that have not finished (nor been cancelled or failed)."""
@@ -39,6 +43,7 @@ class RunningTurn:
     """Requests that produced a token in this turn."""
     prefilled: list[str] = field(default_factory=list)
     finished: list[str] = field(default_factory=list)
+    handed_off: list[str] = field(default_factory=list)
     first_step_at: float | None = None
     stalled: bool = False
     """A step found nothing to run although requests were open (no KV page for any of them)."""
@@ -54,7 +59,9 @@ class RunningTurn:
     def start(cls, msg: RunTurn, request_ids: tuple[str, ...], idle_s: float = 0.0) -> RunningTurn:
         """`request_ids`: those of msg.request_ids that the worker holds for msg.model."""
         quota = msg.quota_s if not math.isnan(msg.quota_s) else 0.0
-        return cls(msg.turn_id, msg.model, quota, msg.until_prefilled, tuple(request_ids), idle_s, open=set(request_ids))
+        return cls(
+            msg.turn_id, msg.model, quota, msg.until_prefilled, tuple(request_ids), idle_s, msg.hand_off, open=set(request_ids)
+        )
 
     def stepped(
         self,
@@ -86,6 +93,20 @@ class RunningTurn:
             if request_id in self.open:
                 self.open.discard(request_id)
                 self.finished.append(request_id)
+
+    def due_for_hand_off(self, produced: list[str], finished: list[str]) -> list[str]:
+        """Of a step's requests, those to hand off now (call before `stepped`): in a hand-off
+        turn, the open ones whose token is their first of the turn and not their last."""
+        if not self.hand_off:
+            return []
+        done = set(finished)
+        return [r for r in produced if r in self.open and r not in self.produced and r not in done]
+
+    def handed_off_one(self, request_id: str) -> None:
+        """Its KV went to the hand-off area (or, failing that, it will be recomputed): it left."""
+        if request_id in self.open:
+            self.open.discard(request_id)
+            self.handed_off.append(request_id)
 
     def drop(self, request_id: str) -> None:
         """The request left the worker (cancelled, failed, released): the turn no longer waits for it."""
@@ -121,4 +142,5 @@ class RunningTurn:
             finished=tuple(self.finished),
             idle_s=self.idle_s,
             ts=ts,
+            handed_off=tuple(self.handed_off),
         )

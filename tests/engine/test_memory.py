@@ -35,13 +35,16 @@ def test_page_pool_refuses_more_than_it_has():
 @settings(max_examples=60, deadline=None)
 @given(
     st.lists(
-        st.tuples(st.sampled_from(["add", "step", "finish", "preempt"]), st.integers(0, 40), st.sampled_from(["a", "b"])),
+        st.tuples(
+            st.sampled_from(["add", "step", "finish", "preempt", "import"]), st.integers(0, 40), st.sampled_from(["a", "b"])
+        ),
         max_size=80,
     ),
     st.integers(2, 12),
 )
 def test_pages_balance_and_no_sequence_is_lost(ops, num_pages):
-    """Across arrivals, steps, completions and preemptions every page is owned once or free."""
+    """Across arrivals, KV imports (hand-offs), steps, completions and preemptions every page is
+    owned once or free."""
     pool = PagePool(num_pages)
     sched = Scheduler(pool, max_batch_tokens=16, max_batch_size=4)
     live: dict[str, Sequence] = {}
@@ -51,6 +54,15 @@ def test_pages_balance_and_no_sequence_is_lost(ops, num_pages):
             seq = Sequence(EngineRequest(f"r{n}", model, tuple(range(1, 2 + x % 9)), ), arrival=n)
             live[seq.request_id] = seq
             sched.add(seq)
+        elif op == "import":
+            # A hand-off: the sequence arrives with its first tokens' KV in freshly taken pages.
+            seq = Sequence(EngineRequest(f"r{n}", model, tuple(range(1, 4 + x % 9))), arrival=n)
+            seq.num_cached = len(seq.token_ids) - 1 - x % 2
+            count = -(-seq.num_cached // block)
+            if pool.can_allocate(count):
+                seq.pages = pool.allocate(count)
+                live[seq.request_id] = seq
+                sched.add_cached(seq)
         elif op == "step":
             batch = sched.schedule(model, block)
             if batch:

@@ -95,9 +95,10 @@ class BusClient:
         self.reports.append(decode(msg.data, TurnReport))
         self._changed.set()
 
-    async def assign(self, worker_id, request_id, model, prompt, sampling=GREEDY, resume=()):
+    async def assign(self, worker_id, request_id, model, prompt, sampling=GREEDY, resume=(), kv_handoff=""):
         request = GenerateRequest(request_id, model, tuple(prompt), sampling, subjects.tokens(request_id))
-        await self.nc.publish(subjects.worker_commands(worker_id), encode(AssignRequest(request, tuple(resume))))
+        msg = AssignRequest(request, tuple(resume), kv_handoff)
+        await self.nc.publish(subjects.worker_commands(worker_id), encode(msg))
 
     async def run_turn(self, worker_id, model, request_ids, quota_s=math.inf, **kw) -> int:
         """Sends a RunTurn with a fresh id (ids are unique across this test session); returns the id."""

@@ -1,6 +1,7 @@
 """Worker configuration: validation messages, automatic arena sizes, command-line flags."""
 
 import argparse
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,7 @@ import torch
 
 from services.gpu_worker.__main__ import build_parser, config_from_args, parse_bytes
 from services.gpu_worker.config import CPU_KV_ARENA_BYTES, WorkerConfig, default_worker_id, plan_engine
+from shared import env
 from shared.catalog import load_catalog, parse_catalog
 
 from .conftest import CATALOG, MODELS
@@ -98,3 +100,13 @@ def test_sizes_take_units(text, value):
 def test_a_size_without_a_known_unit_is_refused():
     with pytest.raises(argparse.ArgumentTypeError, match="256MiB"):
         parse_bytes("256 bananas")
+
+
+def test_the_kv_handoff_area_comes_from_the_flag_else_the_environment_else_shared_memory(monkeypatch):
+    monkeypatch.setenv("TOKENPOOL_KV_HANDOFF_DIR", "/tmp/from-env")
+    assert config_from_args(build_parser().parse_args([])).kv_handoff_dir == Path("/tmp/from-env")
+    flag = build_parser().parse_args(["--kv-handoff-dir", "/tmp/from-flag"])
+    assert config_from_args(flag).kv_handoff_dir == Path("/tmp/from-flag")
+    default = env.kv_handoff_dir({})
+    assert default.name == "tokenpool-kv"
+    assert default.parent == (Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir()))

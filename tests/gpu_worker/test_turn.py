@@ -90,3 +90,22 @@ def test_nothing_to_run_is_idle():
     t.stepped(None, started_at=0.0, seconds=0.0)  # no KV page for any of them
     assert t.end_reason(now=0.0) == "idle"
     assert t.report("w", "idle", 0.0).prefill_steps == t.report("w", "idle", 0.0).decode_steps == 0
+
+
+def test_a_hand_off_turn_lets_each_request_go_after_its_first_token_of_the_turn_unless_it_finished():
+    t = RunningTurn.start(RunTurn(8, "m", ("a", "b", "c"), math.inf, True, hand_off=True), ("a", "b", "c"))
+    assert turn().due_for_hand_off(["a", "b"], []) == []  # not a hand-off turn
+    leaving = t.due_for_hand_off(["a", "b"], finished=["b"])
+    assert leaving == ["a"]
+    t.stepped(PREFILL, started_at=1.0, seconds=0.1, produced=["a", "b"], first=["a", "b"], finished=["b"])
+    for request_id in leaving:
+        t.handed_off_one(request_id)
+    assert t.end_reason(now=1.1) is None  # c has not had its token yet
+    assert t.due_for_hand_off(["c"], []) == ["c"]
+    t.stepped(DECODE, started_at=1.1, seconds=0.1, produced=["c"], first=["c"])
+    assert t.due_for_hand_off(["c"], []) == []  # checked after the step: it already had its token
+    t.handed_off_one("c")
+    assert t.end_reason(now=1.2) == "done"
+
+    report = t.report("w", "done", ts=2.0)
+    assert report.prefilled == ("a", "b", "c") and report.finished == ("b",) and report.handed_off == ("a", "c")

@@ -43,13 +43,15 @@ def plan(model_store, **overrides):
 
 
 class Harness:
-    def __init__(self, model_store, engine_class: type = Engine, clock=None, **overrides):
+    def __init__(self, model_store, engine_class: type = Engine, clock=None, kv_area=None, **overrides):
         p = plan(model_store, **overrides)
         self.outboxes: queue.Queue[Outbox] = queue.Queue()
         self.chunks: dict[str, list[TokenChunk]] = defaultdict(list)
         self.reports: list[TurnReport] = []
         self.snapshots: list[Snapshot] = []
         extra = {"clock": clock} if clock is not None else {}
+        if kv_area is not None:
+            extra["kv_area"] = kv_area
         make = lambda: engine_class(p.engine, p.paths)  # noqa: E731
         self.thread = EngineThread(make, list(MODELS), p.context_lengths, "w", self.outboxes.put, **extra)
         self.thread.start()
@@ -68,9 +70,9 @@ class Harness:
 
     # ---- commands -------------------------------------------------------------------
 
-    def assign(self, request_id: str, model: str, prompt, sampling: Sampling = SHORT, resume=()) -> None:
+    def assign(self, request_id: str, model: str, prompt, sampling: Sampling = SHORT, resume=(), kv_handoff="") -> None:
         request = GenerateRequest(request_id, model, tuple(prompt), sampling, f"tp.tokens.{request_id}")
-        self.thread.submit(Assign(AssignRequest(request, tuple(resume))))
+        self.thread.submit(Assign(AssignRequest(request, tuple(resume), kv_handoff)))
 
     def turn(self, turn_id: int, model: str, request_ids, quota_s: float = math.inf, **kw) -> None:
         self.thread.submit(Turn(RunTurn(turn_id, model, tuple(request_ids), quota_s, **kw)))

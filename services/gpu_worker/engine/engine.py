@@ -10,6 +10,10 @@
 One model computes at a time (the active one); others can be resident in the arena
 (switching to them is free), in host memory (switching is one bulk copy, which
 `prefetch` overlaps with the current model's compute) or on disk.
+
+Disaggregated prefill on one machine moves a request's KV between two engines through a file
+in host memory (handoff.py): `export_kv(request_id, path)` on the prefill side, then
+`add_request(request, kv_entry=path)` on the decode side, whose next step is a decode step.
 """
 
 from __future__ import annotations
@@ -25,6 +29,16 @@ from shared.tokenizer import Tokenizer, TokenizerError
 
 from .config import EngineConfig, load_model_config
 from .errors import InvalidRequestError, OutOfMemoryError, UnknownModelError
+from .handoff import (
+    EntryHeader,
+    KvHandoffError,
+    KvNoRoomError,
+    KvShape,
+    dtype_name,
+    read_entry,
+    tokens_digest,
+    write_entry,
+)
 from .layout import weight_layout
 from .loader import load_weights
 from .memory import Copier, DeviceArena, HostSwapArea
@@ -33,7 +47,7 @@ from .residency import ModelSlot, Tier
 from .runner import run_batch
 from .sampler import sample
 from .scheduler import Scheduler, pages_needed
-from .sequence import EngineRequest, Sequence
+from .sequence import EngineRequest, Sequence, SeqState
 
 
 @dataclass(frozen=True)
@@ -182,7 +196,15 @@ class Engine:
 
     # ---- requests -------------------------------------------------------------------
 
-    def add_request(self, request: EngineRequest) -> None:
+    def add_request(self, request: EngineRequest, kv_entry: Path | None = None) -> None:
+        """Queues the request for prefill; with `kv_entry` (a hand-off entry holding the KV of
+        its first tokens) the request starts with those tokens cached, on the device if pages
+        are free, else in the host swap area (the next swap_in brings it over), and computes only
+        the rest: for an entry of all tokens but the last, its next step is a decode step.
+
+        Raises KvHandoffError (nothing is added) when the entry is missing, does not fit this
+        engine or the request, or no page is free for it; the caller can add it without one.
+        """
         slot = self.slot(request.model)
         request.params.validate()
         if request.request_id in self._seqs:
@@ -207,8 +229,12 @@ class Engine:
         if request.params.stop:
             self.tokenizer(request.model)
         seq = Sequence(request, arrival=next(self._arrivals))
+        if kv_entry is None:
+            self.scheduler.add(seq)
+        else:
+            self._import_kv(seq, Path(kv_entry))
+            self.scheduler.add_cached(seq)
         self._seqs[request.request_id] = seq
-        self.scheduler.add(seq)
 
     def abort(self, request_id: str) -> bool:
         seq = self._seqs.pop(request_id, None)
@@ -352,6 +378,49 @@ class Engine:
         return [
             s for s in queue if (model is None or s.model == model) and (wanted is None or s.request_id in wanted)
         ]
+
+    # ---- KV hand-off -----------------------------------------------------------------
+
+    def kv_shape(self, model: str) -> KvShape:
+        """What an engine importing this model's KV entries must share with this one."""
+        page_bytes = self.arena.page_elems * self.dtype.itemsize
+        return KvShape(model, self.slot(model).block_tokens, page_bytes, dtype_name(self.dtype))
+
+    def export_kv(self, request_id: str, path: Path) -> None:
+        """Writes the KV of the request's cached tokens (device pages, or host pages when it is
+        swapped out) to a hand-off entry at `path`. The request stays; the caller aborts it."""
+        seq = self._seqs.get(request_id)
+        if seq is None:
+            raise KvHandoffError(f"request {request_id!r} is not held by this engine")
+        if seq.num_cached == 0:
+            raise KvHandoffError(f"request {request_id!r} has no KV cached yet (it was not prefilled)")
+        slot = self._slots[seq.model]
+        count = pages_needed(seq.num_cached, slot.block_tokens)
+        if seq.state is SeqState.SWAPPED:
+            self.synchronize()  # its device-to-host copies may still be in flight
+            source, pages = self.swap.kv, seq.host_pages[:count]
+        else:
+            source, pages = self.arena.kv, seq.pages[:count]
+        data = source.index_select(0, torch.tensor(pages, device=source.device)).cpu()
+        digest = tokens_digest(seq.token_ids[: seq.num_cached])
+        write_entry(path, EntryHeader(self.kv_shape(seq.model), seq.num_cached, count, digest), data)
+
+    def _import_kv(self, seq: Sequence, path: Path) -> None:
+        cached, data = read_entry(path, self.kv_shape(seq.model), seq.token_ids)
+        count = data.shape[0]
+        if self.arena.pages.can_allocate(count):
+            seq.pages = self.arena.pages.allocate(count)
+            self.arena.kv.index_copy_(0, torch.tensor(seq.pages, device=self.device), data.to(self.device))
+        elif self.swap.pages.can_allocate(count):
+            self.synchronize()  # a freed host page may still be the source of a queued swap-in copy
+            seq.host_pages = self.swap.pages.allocate(count)
+            self.swap.kv.index_copy_(0, torch.tensor(seq.host_pages), data)
+        else:
+            raise KvNoRoomError(
+                f"the KV entry {path} needs {count} pages; {self.arena.pages.num_free} device and "
+                f"{self.swap.pages.num_free} host pages are free"
+            )
+        seq.num_cached = cached
 
     # ---- introspection --------------------------------------------------------------
 

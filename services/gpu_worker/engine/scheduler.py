@@ -46,6 +46,16 @@ class Scheduler:
         seq.state = SeqState.WAITING
         _insert_by_arrival(self.waiting, seq)
 
+    def add_cached(self, seq: Sequence) -> None:
+        """A sequence that arrives with its first tokens' KV already in its pages (a hand-off):
+        it joins the running ones, or the swapped ones when those pages are in host memory."""
+        if seq.host_pages:
+            seq.state = SeqState.SWAPPED
+            _insert_by_arrival(self.swapped, seq)
+        else:
+            seq.state = SeqState.RUNNING
+            _insert_by_arrival(self.running, seq)
+
     def has_work(self, model: str | None = None) -> bool:
         return any(
             model is None or s.model == model for s in self.waiting + self.running + self.swapped
