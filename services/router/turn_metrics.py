@@ -22,6 +22,12 @@ class TurnMetrics:
         )
         self._idle = registry.counter("tp_worker_idle_seconds_total", "Seconds a worker waited with no turn.", ("worker",))
         self._tokens = registry.counter("tp_worker_turn_tokens_total", "Tokens produced by turns.", ("worker", "model", "phase"))
+        self._prefilled = registry.counter(
+            "tp_worker_prefill_tokens_total", "Prompt tokens computed by prefill steps (recompute included).", labels
+        )
+        self._handed_off = registry.counter(
+            "tp_worker_handed_off_total", "Requests a prefill worker handed over with their KV.", labels
+        )
 
     def record(self, r: TurnReport) -> None:
         worker, model = r.worker_id, r.model
@@ -35,3 +41,5 @@ class TurnMetrics:
         self._idle.inc(r.idle_s, worker=worker)
         self._tokens.inc(len(r.prefilled), worker=worker, model=model, phase="first")
         self._tokens.inc(r.decode_tokens, worker=worker, model=model, phase="decode")
+        self._prefilled.inc(r.prefill_tokens, worker=worker, model=model)
+        self._handed_off.inc(len(r.handed_off), worker=worker, model=model)

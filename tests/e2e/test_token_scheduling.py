@@ -131,3 +131,32 @@ def test_request_level_scheduling_serves_the_same_load_one_model_at_a_time(tmp_p
     progress = progress_before_first_finish(results)
     # One model ran to the end while the others had not started (they waited for the worker).
     assert not all_in_progress_together(results) and sorted(progress.values()).count(0) >= 2, progress
+
+
+def test_disaggregated_prefill_hands_the_kv_to_the_decode_worker(tmp_path_factory, model_store, tok, greedy_reference):
+    """worker-0 only prefills, worker-1 only decodes; the KV moves through the machine's host
+    hand-off area, so worker-1 computes no prompt token, and the outputs equal greedy alone."""
+    catalog = write_catalog(tmp_path_factory.mktemp("catalog") / "catalog.toml", model_store.root, MODELS)
+    s = Stack(tmp_path_factory.mktemp("stack-disaggregated"), catalog)
+    s.nats.start()
+    port = free_port()
+    s.start_service(
+        "router", "services.router", "--prefill-workers", "1", "--kv-handoff", "--metrics-port", str(port)
+    )
+    handoff_dir = str(tmp_path_factory.mktemp("kv-handoff"))
+    for worker_id in ("worker-0", "worker-1"):
+        s.start_service(worker_id, "services.gpu_worker", "--worker-id", worker_id, "--kv-handoff-dir", handoff_dir)
+    s.start_service("gateway", "services.gateway", "--host", "127.0.0.1", "--port", str(s.port))
+    try:
+        s.wait_healthy(workers=2)
+        results = stream_all(s.base_url)
+        metrics = get(f"http://127.0.0.1:{port}/metrics")
+    finally:
+        s.stop()
+    for model, (_, text, reasons) in results.items():
+        assert text == tok.decode(greedy_reference(model, tuple(tok.encode(PROMPT)), TOKENS, ignore_eos=True)), model
+        assert reasons == ["length"]
+    assert metric(metrics, "tp_worker_handed_off_total", worker="worker-0") == len(MODELS)
+    assert metric(metrics, "tp_worker_prefill_tokens_total", worker="worker-0") > 0
+    assert metric(metrics, "tp_worker_prefill_tokens_total", worker="worker-1") == 0  # the KV came with them
+    assert metric(metrics, "tp_worker_turn_tokens_total", worker="worker-1", phase="decode") >= len(MODELS) * (TOKENS - 2)
