@@ -7,27 +7,13 @@ benchmark's own output).
 import json
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from services.cli.bench_sched_workload import poisson_arrivals, popularity
+from tests.cli_processes import TOKENPOOL, processes_mentioning
 
-TOKENPOOL = Path(sys.executable).parent / "tokenpool"
 MODELS = ("smollm2-135m-instruct", "demo-llama", "demo-qwen2", "demo-mistral")
-
-
-def _processes_mentioning(text: str) -> list[str]:
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            argv = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in argv:
-            found.append(argv)
-    return found
 
 
 def test_both_policies_serve_every_request_of_the_same_workload(model_store, tmp_path):
@@ -59,7 +45,7 @@ def test_both_policies_serve_every_request_of_the_same_workload(model_store, tmp
     assert set(report["ratios"]) == ratios
     assert set(report["token_beats_request"]) == {"mean_attainment", "strict_attainment"}
     assert "attainment" in report["method"]
-    assert _processes_mentioning(str(tmp_path)) == []  # nothing it started outlives it
+    assert processes_mentioning(str(tmp_path)) == []  # nothing it started outlives it
 
 
 @pytest.mark.parametrize(

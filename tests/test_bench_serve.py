@@ -7,23 +7,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
-from pathlib import Path
+import time
+import urllib.request
 from subprocess import PIPE
 
-TOKENPOOL = Path(sys.executable).parent / "tokenpool"
+import pytest
 
-
-def _processes_mentioning(text: str) -> list[str]:
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            argv = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in argv:
-            found.append(argv)
-    return found
+from tests.cli_processes import TOKENPOOL, processes_mentioning
 
 
 def test_bench_serve_json_has_every_section_with_positive_numbers(model_store, tmp_path):
@@ -55,7 +45,7 @@ def test_bench_serve_json_has_every_section_with_positive_numbers(model_store, t
         assert key in report
     assert isinstance(report["target_met"], bool) and report["target"]["conditions_match"] is False
     assert "engine_alone.per_token_ms.p50" in report["method"]
-    assert _processes_mentioning(str(tmp_path)) == []  # nothing it started outlives it
+    assert processes_mentioning(str(tmp_path)) == []  # nothing it started outlives it
 
 
 def test_bench_serve_rejects_a_single_token():
@@ -67,20 +57,40 @@ def test_bench_serve_rejects_a_single_token():
     assert "--tokens 1" in result.stderr and "at least 2 tokens" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_ctrl_c_during_the_load_stops_every_process_it_started(model_store, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_signal_during_the_load_stops_every_process_it_started(model_store, tmp_path, signum):
     env = {**os.environ, "TOKENPOOL_MODEL_STORE": str(model_store.root), "TMPDIR": str(tmp_path)}
-    args = ["bench", "serve", "--streams", "4", "--tokens", "8", "--duration-s", "60", "--engine-duration-s", "0.5"]
+    args = ["bench", "serve", "--streams", "4", "--tokens", "8", "--duration-s", "120", "--engine-duration-s", "0.5"]
     process = subprocess.Popen([str(TOKENPOOL), *args], env=env, stdout=PIPE, stderr=PIPE, text=True)
     try:
-        for line in process.stderr:
-            if "stack healthy" in line:
-                break
-        assert _processes_mentioning(str(tmp_path)), "the stack should be running now"
-        process.send_signal(signal.SIGINT)
+        base_url = _stack_url(process)
+        assert processes_mentioning(str(tmp_path)), "the stack should be running now"
+        _wait_for_tokens(base_url)  # the load runs: the signal lands in its event loop
+        process.send_signal(signum)
         _, stderr = process.communicate(timeout=60)
     finally:
         process.kill()
 
-    assert process.returncode == 130
+    assert process.returncode == 130, stderr
     assert "every process this benchmark started was stopped" in stderr and "Traceback" not in stderr
-    assert _processes_mentioning(str(tmp_path)) == []
+    assert processes_mentioning(str(tmp_path)) == []
+
+
+def _stack_url(process: subprocess.Popen) -> str:
+    """The gateway's address, from the benchmark's "stack healthy at URL; ..." line."""
+    for line in process.stderr:
+        if "stack healthy at " in line:
+            return line.split("stack healthy at ", 1)[1].split(";", 1)[0]
+    raise AssertionError("the benchmark ended before its stack was healthy")
+
+
+def _wait_for_tokens(base_url: str, timeout_s: float = 60.0) -> None:
+    """Until the gateway has delivered output tokens (its /metrics counts them)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(base_url + "/metrics", timeout=5) as response:
+            lines = response.read().decode().splitlines()
+        if sum(float(line.split()[-1]) for line in lines if line.startswith("tokenpool_gateway_tokens_out_total")):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"no tokens delivered within {timeout_s} s")

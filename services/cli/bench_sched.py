@@ -37,15 +37,13 @@ Every process it starts is stopped on the way out, Ctrl-C included.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import os
 import signal
 import sys
-import tempfile
 import urllib.request
 from pathlib import Path
 
+from services.cli.bench_run import run_async, run_bench
 from services.cli.bench_sched_workload import POPULARITY
 
 MODELS = ("smollm2-135m-instruct", "demo-llama", "demo-qwen2", "demo-mistral")
@@ -126,14 +124,6 @@ def _check(args: argparse.Namespace) -> str | None:
     return None
 
 
-class _Terminated(Exception):
-    pass
-
-
-def _raise_terminated(signum, frame):
-    raise _Terminated()
-
-
 def bench_sched(args: argparse.Namespace) -> int:
     if problem := _check(args):
         print(f"error: {problem}", file=sys.stderr)
@@ -150,25 +140,13 @@ def bench_sched(args: argparse.Namespace) -> int:
         print(f"error: seed {args.seed} gives no arrival in {args.duration_s:g} s at {args.rate:g}/s; "
               "raise --duration-s or --rate", file=sys.stderr)
         return 2
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        with tempfile.TemporaryDirectory(prefix="tokenpool-bench-sched-") as tmp:
-            result = _run(args, models, paths, weights, arrivals, Path(tmp))
-    except (KeyboardInterrupt, _Terminated):
-        print("interrupted; every process this benchmark started was stopped", file=sys.stderr)
-        return 130
-    except (RuntimeError, TimeoutError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-    from services.cli.bench_sched_report import format_report
+    return run_bench("sched", lambda tmp: _run(args, models, paths, weights, arrivals, tmp), args, _format)
 
-    print(json.dumps(result, indent=2) if args.json else format_report(result))
-    return 0
+
+def _format(result: dict) -> str:
+    from services.cli.bench_sched_report import format_report  # imports aiohttp: only once it is needed
+
+    return format_report(result)
 
 
 def _log(message: str) -> None:
@@ -224,11 +202,11 @@ def _run_policy(args, policy: str, models, paths, catalog: Path, arrivals, run_d
         stack.start()
         stack.wait_healthy(args.startup_timeout_s)
         _log(f"{policy}: stack healthy at {stack.base_url}; one warm-up request per model")
-        _run_async(_warm_up(stack, models, args.tokens))
+        run_async(_warm_up(stack, models, args.tokens))
         before = _scrape(metrics_url)
         _log(f"{policy}: {len(arrivals)} requests over {args.duration_s:g} s (+ up to {args.drain_s:g} s to finish)")
         spec = OpenLoopSpec(stack.base_url, PROMPT, args.tokens, args.drain_s)
-        sent, turns = _run_async(_load(stack.nats.url, stack.WORKER_ID, spec, arrivals))
+        sent, turns = run_async(_load(stack.nats.url, stack.WORKER_ID, spec, arrivals))
         after = _scrape(metrics_url)
     finally:
         _log(f"{policy}: stopping the stack")
@@ -281,25 +259,3 @@ def _scrape(url: str) -> str | None:
             return response.read().decode()
     except OSError:
         return None
-
-
-def _run_async(coro):
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(_terminable(coro))
-    return uvloop.run(_terminable(coro))
-
-
-async def _terminable(coro):
-    """Runs `coro`; a SIGTERM meanwhile cancels it and raises _Terminated. (An exception raised
-    by a Python signal handler inside a running uvloop is only logged, never raised.)"""
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, asyncio.current_task().cancel)
-    try:
-        return await coro
-    except asyncio.CancelledError:
-        raise _Terminated() from None
-    finally:
-        loop.remove_signal_handler(signal.SIGTERM)
-        signal.signal(signal.SIGTERM, _raise_terminated)

@@ -13,13 +13,12 @@ Every process it starts is stopped on the way out, Ctrl-C included.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import os
 import signal
 import sys
-import tempfile
 from pathlib import Path
+
+from services.cli.bench_run import run_async, run_bench
 
 PROMPT = (
     "Write a short story about a lighthouse keeper who finds a message in a bottle. "
@@ -71,14 +70,6 @@ def _check(args: argparse.Namespace) -> str | None:
     return None
 
 
-class _Terminated(Exception):
-    pass
-
-
-def _raise_terminated(signum, frame):
-    raise _Terminated()
-
-
 def bench_serve(args: argparse.Namespace) -> int:
     if problem := _check(args):
         print(f"error: {problem}", file=sys.stderr)
@@ -88,25 +79,13 @@ def bench_serve(args: argparse.Namespace) -> int:
     model_path = ModelStore.from_env().path(args.model)  # ModelNotFoundError: a one-line error from main
     warmup_s = args.warmup_s if args.warmup_s is not None else min(2.0, args.duration_s / 5)
     engine_s = args.engine_duration_s or min(args.duration_s, 10.0)
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        with tempfile.TemporaryDirectory(prefix="tokenpool-bench-serve-") as tmp:
-            result = _run(args, model_path, Path(tmp), warmup_s, engine_s)
-    except (KeyboardInterrupt, _Terminated):
-        print("interrupted; every process this benchmark started was stopped", file=sys.stderr)
-        return 130
-    except (RuntimeError, TimeoutError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
-    from services.cli.bench_serve_report import format_report
+    return run_bench("serve", lambda tmp: _run(args, model_path, tmp, warmup_s, engine_s), args, _format)
 
-    print(json.dumps(result, indent=2) if args.json else format_report(result))
-    return 0
+
+def _format(result: dict) -> str:
+    from services.cli.bench_serve_report import format_report  # imports aiohttp: only once it is needed
+
+    return format_report(result)
 
 
 def _log(message: str) -> None:
@@ -144,7 +123,7 @@ def _run(args, model_path: Path, tmp: Path, warmup_s: float, engine_s: float) ->
             stack.base_url, args.model, PROMPT, args.streams, args.tokens, args.duration_s, args.max_requests
         )
         cpu_before, self_before = stack.cpu_seconds(), _self_cpu()
-        records = _run_async(run_load(spec))
+        records = run_async(run_load(spec))
         cpu = {name: used - cpu_before.get(name, 0.0) for name, used in stack.cpu_seconds().items()}
         cpu["load generator (this process)"] = _self_cpu() - self_before
     finally:
@@ -183,11 +162,3 @@ def _engine_alone(args, catalog_path: Path, prompt_ids, batch: int, engine_s: fl
         return engine_alone(engine, args.model, prompt_ids, args.streams, args.tokens, engine_s)
     finally:
         engine.close()
-
-
-def _run_async(coro):
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    return uvloop.run(coro)

@@ -115,6 +115,8 @@ class RouterService:
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - e.g. disconnected: keep trying, the bus reconnects
+                if asyncio.current_task().cancelling():
+                    raise  # a cancel that the client library turned into another error: we are stopping
                 log.warning("fetching requests failed: %s", e)
                 await asyncio.sleep(0.5)
                 continue

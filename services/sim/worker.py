@@ -14,7 +14,8 @@ It follows the worker's RunTurn contract (shared/protocol.py RunTurn, issue 4):
   requests produced a token in this turn), quota (seconds since its first step >= quota_s),
   idle (nothing of it could run), and only then replaced (a newer RunTurn arrived; it starts
   at that boundary, after the old turn's report). The turn's requests are those listed that
-  the worker holds for its model when it starts (services/gpu_worker/turn.py does the same).
+  the worker holds for its model when it starts. The turn's counting, its end reasons (all
+  but replaced) and its TurnReport are the worker's own: services/gpu_worker/turn.py RunningTurn.
 - TurnReport after every turn (turns replaced before they started are reported too, with no
   work, so that every turn id gets its report); WorkerState every report_interval_s.
 Token ids are dummies (1): the router only counts them.
@@ -29,10 +30,10 @@ one activates its first model at start-up; one copy more or less at t=0).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from services.gpu_worker.turn import RunningTurn
 from services.sim.cost import CostModel
 from services.sim.device import DeviceLayout, SimDevice, pages_for
 from services.sim.events import EventLoop
@@ -106,36 +107,20 @@ class Seq:
 
 
 @dataclass
-class _TurnRun:
-    turn: RunTurn
-    idle_s: float
-    open: set[str] = field(default_factory=set)
-    """The turn's requests (those listed that the worker held for its model at its start) not
-    yet finished, cancelled or failed: what it computes."""
-    requested: int = 0
-    """How many requests the turn had at its start."""
-    switch_s: float = 0.0
-    first_step_at: float = math.inf
-    steps: int = 0
-    prefill_steps: int = 0
-    prefill_tokens: int = 0
-    prefill_s: float = 0.0
-    decode_steps: int = 0
-    decode_tokens: int = 0
-    decode_context_tokens: int = 0
-    decode_s: float = 0.0
-    produced: set[str] = field(default_factory=set)
-    prefilled: list[str] = field(default_factory=list)
-    finished: list[str] = field(default_factory=list)
-
-
-@dataclass
 class _Step:
-    prefill: bool
+    """One scheduled step. Read by RunningTurn.stepped as the engine's StepInfo is."""
+
+    is_prefill: bool
     seqs: list[Seq]
     counts: list[int]
     seconds: float
     context_tokens: int = 0
+    """Context lengths a decode step attends to, summed over its sequences."""
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens whose K/V the step computes (prompt chunk lengths, or one per decoded sequence)."""
+        return sum(self.counts)
 
 
 @dataclass
@@ -173,7 +158,7 @@ class SimWorker:
         self.seqs: dict[str, Seq] = {}
         self.stats = WorkerStats()
         self._orders = 0
-        self._run: _TurnRun | None = None
+        self._run: RunningTurn | None = None
         self._waiting_turns: list[RunTurn] = []
         self._idle_since = loop.now
         self._report_seq = 0
@@ -208,7 +193,7 @@ class SimWorker:
             device=f"sim-{self.cost.gpu.name}",
             seq=self._report_seq,
             ts=self.loop.now,
-            turn_id=self._run.turn.turn_id if self._run is not None else 0,
+            turn_id=self._run.turn_id if self._run is not None else 0,
         )
 
     # ---- commands -------------------------------------------------------------------
@@ -241,7 +226,7 @@ class SimWorker:
         if seq is not None:
             self._drop_kv(seq)
         if self._run is not None:
-            self._run.open.discard(request_id)
+            self._run.drop(request_id)
 
     def run_turn(self, turn: RunTurn) -> None:
         if self._run is None:
@@ -254,9 +239,8 @@ class SimWorker:
 
     def _begin(self, turn: RunTurn, idle_s: float) -> None:
         now = self.loop.now
-        run = self._run = _TurnRun(turn, idle_s)
-        run.open = {r for r in turn.request_ids if r in self.seqs and self.seqs[r].model == turn.model}
-        run.requested = len(run.open)
+        held = tuple(r for r in dict.fromkeys(turn.request_ids) if r in self.seqs and self.seqs[r].model == turn.model)
+        run = self._run = RunningTurn.start(turn, held, idle_s)
         if turn.model not in self.device.block_tokens:
             self.stats.anomalies.append(f"{now:.3f}: turn {turn.turn_id} for {turn.model!r}, not served here")
             self.loop.at(now, self._boundary)
@@ -273,7 +257,7 @@ class SimWorker:
                     seq.state = PARKED
                     t = max(t, done)
         ready = t
-        if run.open:  # a turn with nothing of its own to run does not switch
+        if run.requests:  # a turn with nothing of its own to run does not switch
             ready, changed = self.device.activate(turn.model, t)
             if changed:
                 self.stats.switches += 1
@@ -282,7 +266,6 @@ class SimWorker:
             self.stats.switch_s += run.switch_s
         if turn.prefetch and turn.prefetch != turn.model:
             self.device.prefetch(turn.prefetch, ready)
-        run.first_step_at = ready
         self.loop.at(ready, self._boundary)
 
     def _swap_in_turn(self, now: float) -> float:
@@ -304,68 +287,35 @@ class SimWorker:
     def _boundary(self) -> None:
         run = self._run
         now = self.loop.now
-        members = self._members()
-        reason = None
-        # The same order as services/gpu_worker/turn.py; a started turn takes at least one step
-        # before a newer one replaces it, as the worker's engine thread does.
-        if not run.requested:
-            reason = "idle"
-        elif not members:
-            reason = "done"
-        elif run.turn.until_prefilled and run.open <= run.produced:
-            reason = "prefilled"
-        elif run.steps and now - run.first_step_at >= run.turn.quota_s:
-            reason = "quota"
-        elif run.steps and self._waiting_turns:
+        # A started turn takes at least one step before a newer one replaces it, as the worker's
+        # engine thread does.
+        reason = run.end_reason(now)
+        if reason is None and run.first_step_at is not None and self._waiting_turns:
             reason = "replaced"
         if reason is None:
             ready = max(now, self._swap_in_turn(now))
-            step = self._schedule(members)
+            step = self._schedule(self._members())
             if step is None and self._park_idle_requests(now):
                 ready = max(ready, self.device.d2h_free_at, self._swap_in_turn(self.device.d2h_free_at))
                 step = self._schedule(self._members())
-            if step is None:
-                reason = "idle"
-            else:
-                self.loop.at(ready + step.seconds, self._step_done, step)
+            if step is not None:
+                self.loop.at(ready + step.seconds, self._step_done, step, ready)
                 return
+            run.stepped(None, started_at=now, seconds=0.0)  # nothing could run: the turn is idle
+            reason = run.end_reason(now)
         self._end(reason)
 
     def _end(self, reason: str) -> None:
         run, now = self._run, self.loop.now
-        t = run.turn
         self.stats.turns[reason] = self.stats.turns.get(reason, 0) + 1
-        self.outbox.report(
-            TurnReport(
-                worker_id=self.worker_id,
-                turn_id=t.turn_id,
-                model=t.model,
-                reason=reason,
-                switch_s=run.switch_s,
-                prefill_steps=run.prefill_steps,
-                prefill_tokens=run.prefill_tokens,
-                prefill_s=run.prefill_s,
-                decode_steps=run.decode_steps,
-                decode_tokens=run.decode_tokens,
-                decode_context_tokens=run.decode_context_tokens,
-                decode_s=run.decode_s,
-                prefilled=tuple(run.prefilled),
-                finished=tuple(run.finished),
-                idle_s=run.idle_s,
-                ts=now,
-            )
-        )
+        self.outbox.report(run.report(self.worker_id, reason, now))
         self._run = None
         if self._waiting_turns:
             *skipped, latest = self._waiting_turns
             self._waiting_turns = []
             for turn in skipped:
                 self.stats.turns["replaced"] = self.stats.turns.get("replaced", 0) + 1
-                self.outbox.report(
-                    TurnReport(
-                        self.worker_id, turn.turn_id, turn.model, "replaced", 0.0, 0, 0, 0.0, 0, 0, 0, 0.0, ts=now
-                    )
-                )
+                self.outbox.report(RunningTurn.start(turn, ()).report(self.worker_id, "replaced", now))
             self._begin(latest, 0.0)
         else:
             self._idle_since = now
@@ -373,7 +323,7 @@ class SimWorker:
     # ---- steps ----------------------------------------------------------------------
 
     def _schedule(self, members: list[Seq]) -> _Step | None:
-        model = self._run.turn.model
+        model = self._run.model
         ordered = sorted((s for s in members if s.state != PARKED), key=lambda s: s.order)
         return self._schedule_prefill(model, ordered) or self._schedule_decode(model, ordered)
 
@@ -445,43 +395,34 @@ class SimWorker:
             self.device.release(seq.pages)
         seq.pages, seq.cached, seq.state = 0, 0, WAITING
 
-    def _step_done(self, step: _Step) -> None:
-        run = self._run
-        run.steps += 1
+    def _step_done(self, step: _Step, started_at: float) -> None:
         self.stats.busy_s += step.seconds
-        if step.prefill:
-            run.prefill_steps += 1
-            run.prefill_tokens += sum(step.counts)
-            run.prefill_s += step.seconds
-        else:
-            run.decode_steps += 1
-            run.decode_tokens += len(step.seqs)
-            run.decode_context_tokens += step.context_tokens
-            run.decode_s += step.seconds
-        chunks = []
+        produced, first, finished, chunks = [], [], [], []
         for seq, n in zip(step.seqs, step.counts):
             if self.seqs.get(seq.id) is not seq or seq.state != RUNNING:
                 continue  # cancelled or preempted while the step ran
             seq.cached += n
             if seq.cached == seq.tokens:
-                chunks.append(self._produce(seq, run))
+                chunk = self._produce(seq)
+                chunks.append(chunk)
+                produced.append(seq.id)
+                if seq.produced_here == 1:
+                    first.append(seq.id)
+                if chunk.finish_reason is not None:
+                    finished.append(seq.id)
+        self._run.stepped(step, started_at, step.seconds, produced, first, finished)
         if chunks:
             self.outbox.chunks(chunks)
         self._boundary()
 
-    def _produce(self, seq: Seq, run: _TurnRun) -> TokenChunk:
+    def _produce(self, seq: Seq) -> TokenChunk:
         index = seq.produced
         seq.produced += 1
         seq.produced_here += 1
-        run.produced.add(seq.id)
-        if seq.produced_here == 1:
-            run.prefilled.append(seq.id)
         block = self.device.block_tokens[seq.model]
         done = seq.produced >= seq.max_tokens or pages_for(seq.tokens + 1, block) > self.device.total_pages
         usage = Usage(seq.prompt, seq.produced) if done else None
         if done:
-            run.finished.append(seq.id)
-            run.open.discard(seq.id)
             del self.seqs[seq.id]
             self._drop_kv(seq)
         return TokenChunk(seq.id, index, (DUMMY_TOKEN,), None, "length" if done else None, usage, None, self.worker_id)
