@@ -2,6 +2,7 @@
 
 tokenpool sim --workload ../shared/data/aegaeon/workloads/synth-8-0.1-1.0-1.0.csv --gpus 2 --policy token --json
 tokenpool sim --workload synthetic --synthetic-models 8 --duration 120 --gpus 1 --policy request
+tokenpool sim --workload ../shared/data/aegaeon/workloads/synth-16-0.1-1.0-1.0.csv --gpus 2 --compare --json
 """
 
 from __future__ import annotations
@@ -49,6 +50,10 @@ def register(subparsers) -> None:
     g.add_argument("--duration", type=_positive_float, default=120.0, help="seconds of arrivals (default: %(default)s)")
     g.add_argument("--zipf", type=float, default=1.0, help="popularity exponent, 0 = uniform (default: %(default)s)")
     g.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument(
+        "--compare", action="store_true",
+        help="run token and request scheduling on the same workload and print both, with token/request ratios",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
     p.set_defaults(handler=sim)
 
@@ -83,24 +88,41 @@ def sim(args: argparse.Namespace) -> int:
             workload = synthetic(args.synthetic_models, args.rate, args.duration, args.zipf, seed=args.seed)
         else:
             workload = load_csv(Path(args.workload))
-        config = SimConfig(
-            gpus=args.gpus,
-            prefill_gpus=args.prefill_gpus,
-            gpu_profile=args.gpu_profile,
-            scheduling=args.policy,
-            ttft_s=args.ttft,
-            tbt_s=args.tbt,
-            drain_s=args.drain,
-        )
-        summary = simulate(workload, config).summary()
+        summaries = {}
+        for policy in ("token", "request") if args.compare else (args.policy,):
+            config = SimConfig(
+                gpus=args.gpus,
+                prefill_gpus=args.prefill_gpus,
+                gpu_profile=args.gpu_profile,
+                scheduling=policy,
+                ttft_s=args.ttft,
+                tbt_s=args.tbt,
+                drain_s=args.drain,
+            )
+            summaries[policy] = simulate(workload, config).summary()
     except SimError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if not args.compare:
+        [summary] = summaries.values()
+        print(json.dumps(summary) if args.json else _text(summary))
+        return 0
+    ratios = _ratios(summaries["token"], summaries["request"])
     if args.json:
-        print(json.dumps(summary))
+        print(json.dumps({**summaries, "ratios": ratios}))
     else:
-        print(_text(summary))
+        print("\n".join([_text(summaries["token"]), _text(summaries["request"]), f"token/request: {ratios}"]))
     return 0
+
+
+def _ratios(token: dict, request: dict) -> dict:
+    """token / request for the figures where both are numbers (None where request's is 0)."""
+    out = {}
+    for key in ("attainment", "strict_attainment", "ttft_p99_s", "tbt_p99_s", "switches"):
+        a, b = token.get(key), request.get(key)
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+            out[key] = round(a / b, 3) if b else None
+    return out
 
 
 def _text(s: dict) -> str:

@@ -57,6 +57,17 @@ def test_a_paper_workload_runs_under_both_policies(capsys):
         assert code == 0 and summary["requests"] == summary["completed"] == 81 and summary["models"] == 8
 
 
+def test_compare_runs_both_policies_on_one_workload_and_token_level_attains_more(capsys):
+    args = ["--workload", "synthetic", "--synthetic-models", "8", "--duration", "60", "--rate", "0.8", "--seed", "1"]
+    code, out, _ = run(capsys, *args, "--gpus", "1", "--compare", "--json")
+    result = json.loads(out)
+    token, request = result["token"], result["request"]
+    assert code == 0 and token["policy"] == "token" and request["policy"] == "request"
+    assert token["requests"] == request["requests"] == token["completed"] == request["completed"]
+    assert token["attainment"] > request["attainment"]
+    assert result["ratios"]["attainment"] == pytest.approx(token["attainment"] / request["attainment"], abs=1e-3)
+
+
 def test_a_synthetic_workload_prints_a_summary(capsys):
     code, out, _ = run(capsys, "--workload", "synthetic", "--synthetic-models", "3", "--duration", "30", "--seed", "2")
     assert code == 0 and "attainment" in out and "3 models" in out
