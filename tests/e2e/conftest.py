@@ -25,6 +25,17 @@ def write_catalog(path: Path, store_root: Path, models=MODELS) -> Path:
     return path
 
 
+def run_async(coro):
+    """Runs a coroutine to completion in a thread of its own. asyncio.run in the test's own
+    thread leaves that thread without an event loop afterwards, and pytest-asyncio modules run
+    later in the same process were seen to stall on it."""
+    import asyncio
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
 class Service:
     def __init__(self, name: str, argv: list[str], log_dir: Path):
         self.name, self.argv, self.log_path = name, argv, log_dir / f"{name}.log"

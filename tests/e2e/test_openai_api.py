@@ -9,6 +9,8 @@ import pytest
 
 from shared.tokenizer import Tokenizer
 
+from .conftest import run_async
+
 SMOL, LLAMA, QWEN = "smollm2-135m-instruct", "demo-llama", "demo-qwen2"
 
 
@@ -88,7 +90,7 @@ def test_twenty_concurrent_streams_over_three_models_all_complete_in_order(stack
         finally:
             await client.close()
 
-    results = asyncio.run(main())
+    results = run_async(main())
     for model, prompt, (text, reasons) in zip(models, prompts, results):
         assert text == tok.decode(greedy_reference(model, tuple(tok.encode(prompt)), 12)), (model, prompt)
         assert len(reasons) == 1

@@ -17,7 +17,7 @@ from shared.tokenizer import Tokenizer
 
 from shared.nats_server import free_port
 
-from .conftest import Stack, write_catalog
+from .conftest import Stack, run_async, write_catalog
 
 MODELS = ("smollm2-135m-instruct", "demo-llama", "demo-qwen2", "demo-mistral")
 PROMPT = "Once upon a time, in a land far away,"
@@ -70,7 +70,7 @@ def stream_all(base_url: str) -> dict[str, tuple[list[float], str, list[str]]]:
         finally:
             await client.close()
 
-    return asyncio.run(main())
+    return run_async(main())
 
 
 def metric(text: str, name: str, **labels) -> float:
