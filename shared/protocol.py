@@ -198,7 +198,7 @@ class RunTurn:
     this one at the next step boundary). The worker then sends a TurnReport and waits.
     """
 
-    VERSION: ClassVar[int] = 2
+    VERSION: ClassVar[int] = 3
     turn_id: int
     model: str
     request_ids: tuple[str, ...]
@@ -212,6 +212,9 @@ class RunTurn:
     hand_off: bool = False
     """Disaggregated prefill: once a request has its first token, its KV cache goes to this
     machine's KV hand-off area and the worker lets the request go (TurnReport.handed_off)."""
+    admit_new: bool = False
+    """Requests of `model` assigned to the worker while this turn runs join it (a lone model's
+    unbounded turn: no new RunTurn per arrival)."""
 
 
 @message

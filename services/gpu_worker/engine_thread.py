@@ -226,6 +226,8 @@ class EngineThread:
             self._emit(a, error_chunk(a, error_info(e), self._worker_id))
             return
         self._requests[a.request_id] = a
+        if self._turn is not None:
+            self._turn.admit(a.request_id, a.model)
         self._spans.start(
             a.request_id, "worker.prefill", headers, model=a.model, resumed_tokens=a.resumed, kv_imported=imported
         )

@@ -37,6 +37,8 @@ class RunningTurn:
     hand_off: bool = False
     """Disaggregated prefill: a request leaves the worker once it has its first token of this turn."""
     switch_s: float = 0.0
+    admit_new: bool = False
+    """Requests of `model` assigned while the turn runs join it."""
     open: set[str] = field(default_factory=set)
     """Requests of the turn that have not finished (nor been cancelled or failed)."""
     produced: set[str] = field(default_factory=set)
@@ -60,8 +62,17 @@ class RunningTurn:
         """`request_ids`: those of msg.request_ids that the worker holds for msg.model."""
         quota = msg.quota_s if not math.isnan(msg.quota_s) else 0.0
         return cls(
-            msg.turn_id, msg.model, quota, msg.until_prefilled, tuple(request_ids), idle_s, msg.hand_off, open=set(request_ids)
+            msg.turn_id, msg.model, quota, msg.until_prefilled, tuple(request_ids), idle_s, msg.hand_off,
+            open=set(request_ids), admit_new=msg.admit_new,
         )
+
+    def admit(self, request_id: str, model: str) -> bool:
+        """A request assigned while the turn runs joins it when the turn admits newcomers of its model."""
+        if not self.admit_new or model != self.model or request_id in self.open:
+            return False
+        self.requests += (request_id,)
+        self.open.add(request_id)
+        return True
 
     def stepped(
         self,

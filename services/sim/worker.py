@@ -220,6 +220,8 @@ class SimWorker:
             self._error(req.id, resumed, ErrorInfo(400, "invalid_request_error", message))
             return
         self.seqs[req.id] = seq
+        if self._run is not None:
+            self._run.admit(req.id, req.model)
 
     def cancel(self, request_id: str) -> None:
         seq = self.seqs.pop(request_id, None)

@@ -109,3 +109,16 @@ def test_a_hand_off_turn_lets_each_request_go_after_its_first_token_of_the_turn_
 
     report = t.report("w", "done", ts=2.0)
     assert report.prefilled == ("a", "b", "c") and report.finished == ("b",) and report.handed_off == ("a", "c")
+
+
+def test_an_admitting_turn_takes_in_requests_of_its_model_assigned_while_it_runs():
+    msg = RunTurn(8, "m", ("a",), math.inf, admit_new=True)
+    t = RunningTurn.start(msg, ("a",))
+    t.stepped(DECODE, started_at=1.0, seconds=0.1, produced=["a"], finished=["a"])
+    assert not t.admit("x", "other-model")  # another model's request waits for its own turn
+    assert t.admit("b", "m") and not t.admit("b", "m")
+    assert t.end_reason(now=1.2) is None  # b keeps the turn going
+    t.stepped(PREFILL, started_at=1.2, seconds=0.1, produced=["b"], first=["b"], finished=["b"])
+    assert t.end_reason(now=1.3) == "done" and t.report("w1", "done", 1.3).prefilled == ("b",)
+    closed = RunningTurn.start(RunTurn(9, "m", ("a",), math.inf), ("a",))
+    assert not closed.admit("b", "m")  # a turn that does not admit newcomers lists its requests

@@ -61,10 +61,11 @@ def test_a_lone_model_never_switches():
     p = make_policy()
     p.on_worker_state(worker_state(), 0.0)
     sent = start(p, "r1", "a", 0.1)
-    sent += start(p, "r2", "a", 0.3)  # replaces the unbounded turn: r2 joins it
-    sent += serve(p, sent[-1], 0.4, "done")
-    assert [t.model for t in sent] == ["a"] * len(sent)
-    assert sent[1].request_ids == ("r1", "r2") and all(t.quota_s == math.inf and not t.park for t in sent)
+    assert sent[0].admit_new and start(p, "r2", "a", 0.3) == []  # r2 joins the unbounded turn at the worker
+    p.on_tokens(tokens("r2", 0, (7,), "w1"), 0.35)
+    assert start(p, "r3", "a", 0.4) == []
+    assert [t.model for t in sent] == ["a"]
+    assert all(t.quota_s == math.inf and not t.park for t in sent)
 
 
 def test_two_models_on_one_worker_alternate_with_bounded_turns():
@@ -185,11 +186,10 @@ def test_request_level_runs_one_model_until_its_requests_finish():
     [t1] = start(p, "a1", "a", 0.1)
     assert (t1.model, t1.request_ids, t1.until_prefilled, t1.quota_s) == ("a", ("a1",), False, math.inf)
     assert start(p, "b1", "b", 0.2) == []  # b waits for a's requests
-    [t2] = start(p, "a2", "a", 0.3)  # a's newcomer joins the running model
-    assert (t2.model, t2.request_ids) == ("a", ("a1", "a2"))
+    assert t1.admit_new and start(p, "a2", "a", 0.3) == []  # a's newcomer joins the running turn at the worker
     p.on_tokens(tokens("a1", 0, (1,), "w1", finish="stop"), 0.4)
     p.on_tokens(tokens("a2", 0, (1,), "w1", finish="stop"), 0.4)
-    [t3] = turns(p.on_turn_report(report(t2, "done"), 0.41))
+    [t3] = turns(p.on_turn_report(report(t1, "done"), 0.41))
     assert (t3.model, t3.request_ids) == ("b", ("b1",))
 
 

@@ -100,6 +100,7 @@ class WorkerSchedule:
             tuple(park),
             prefetch if prefetch != model else None,
             self.prefill_only and self.config.kv_handoff,
+            admit_new=math.isinf(quota) and not until_prefilled,
         )
         self.turn, self.turn_sent_at, self.device_model = turn, now, model
         self._turns += 1
@@ -111,15 +112,19 @@ class WorkerSchedule:
         if turn is None or turn.until_prefilled:
             return False
         members = set(turn.request_ids)
-        newcomers = [h for h in self.held.values() if h.request_id not in members and (h.remaining or not h.prefilled)]
+        newcomers = [
+            h for h in self.held.values()
+            if h.request_id not in members and (h.remaining or not h.prefilled)
+            and not (turn.admit_new and h.model == turn.model)  # it joined the running turn at the worker
+        ]
         if self.config.scheduling == "request":
             return any(h.model == turn.model for h in newcomers) and len(members) < self.config.max_batch_size
         if self.prefill_only:
             return bool(newcomers)
         if math.isinf(turn.quota_s):
             return bool(newcomers)  # a lone batch gives way to anything new
-        if any(h.model == turn.model and not h.prefilled for h in newcomers) and len(members) < self.config.max_batch_size:
-            return True  # its model is on the device: it joins the running turn (beyond Aegaeon)
+        if self._joiners(view):
+            return True  # their model is on the device: they join the running turn (beyond Aegaeon)
         # Otherwise a bounded turn gives way only when waiting it out would break a TTFT objective.
         turn_ends = self.turn_sent_at + turn.quota_s
         return any(turn_ends + self._prefill_cost(view, [h]) > h.ttft_deadline for h in newcomers if not h.prefilled)
@@ -162,13 +167,36 @@ class WorkerSchedule:
         turn = self.turn
         if turn is None or turn.until_prefilled or math.isinf(turn.quota_s):
             return None
-        members = [self.held[r] for r in turn.request_ids if r in self.held]
-        joining = [h for h in self.held.values() if h.model == turn.model and not h.prefilled and h not in members]
+        joining = self._joiners(view)
         if not joining:
             return None
-        batch = (members + sorted(joining, key=lambda h: h.arrival))[: self.config.max_batch_size]
+        batch = [self.held[r] for r in turn.request_ids if r in self.held] + joining
         left = max(self.turn_sent_at + turn.quota_s - now, 0.0)
         return turn.model, batch, left + self._prefill_cost(view, joining, switching=False), False, turn.prefetch
+
+    def _joiners(self, view: WorkerView) -> list[Held]:
+        """Newcomers that can join the running bounded turn: of its model, in no later batch of
+        the round, while the batch size and the KV pages last."""
+        turn = self.turn
+        if turn is None or turn.until_prefilled or math.isinf(turn.quota_s):
+            return []
+        members = [self.held[r] for r in turn.request_ids if r in self.held]
+        taken = {r for ids, _ in self._round for r in ids} | set(turn.request_ids)
+        block, grow = view.block_tokens_of(turn.model), self._growth(view)
+        pages = sum(pages_for(h.context + grow(h), block) for h in members)
+        joining = []
+        candidates = sorted(self.held.values(), key=lambda h: h.arrival)
+        for held in candidates:
+            if held.model != turn.model or held.prefilled or held.request_id in taken:
+                continue
+            need = pages_for(held.context + grow(held), block)
+            if len(members) + len(joining) >= self.config.max_batch_size:
+                break
+            if view.total_kv_pages > 0 and pages + need > view.total_kv_pages:
+                break
+            joining.append(held)
+            pages += need
+        return joining
 
     def _urgent_group(self, waiting: list[Held], view: WorkerView, now: float) -> list[Held] | None:
         """Newcomers normally prefill at the start of their model's next turn, which saves a
