@@ -155,8 +155,8 @@ class RouterPolicy:
             if tracked.worker_id is not None and chunk.worker_id in ("", tracked.worker_id):
                 produced_here = tracked.prefix - tracked.resumed
                 self._schedules[tracked.worker_id].progress(chunk.request_id, produced_here)
-                if not self.config.kv_handoff:  # else the prefill worker hands it over after its turn
-                    return self._hand_over([tracked], now)
+                if self.config.prefill_workers and not self.config.kv_handoff:
+                    return self._hand_over([tracked], now)  # (with kv_handoff the worker hands it over after its turn)
             return []
         holder = tracked.worker_id
         self._finish(chunk.request_id)

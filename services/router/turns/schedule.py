@@ -182,15 +182,19 @@ class WorkerSchedule:
             return []
         members = [self.held[r] for r in turn.request_ids if r in self.held]
         taken = {r for ids, _ in self._round for r in ids} | set(turn.request_ids)
-        block, grow = view.block_tokens_of(turn.model), self._growth(view)
-        pages = sum(pages_for(h.context + grow(h), block) for h in members)
-        joining = []
-        candidates = sorted(self.held.values(), key=lambda h: h.arrival)
-        for held in candidates:
-            if held.model != turn.model or held.prefilled or held.request_id in taken:
+        return self._room_for(turn.model, members, taken, view, lambda h: not h.prefilled)
+
+    def _room_for(self, model: str, batch: list[Held], taken: set[str], view: WorkerView, wanted) -> list[Held]:
+        """Requests of `model`, not `taken` and `wanted`, in arrival order, that fit beside the
+        batch within max_batch_size and the worker's KV pages."""
+        block, grow = view.block_tokens_of(model), self._growth(view)
+        pages = sum(pages_for(h.context + grow(h), block) for h in batch)
+        joining: list[Held] = []
+        for held in sorted(self.held.values(), key=lambda h: h.arrival):
+            if held.model != model or held.request_id in taken or not wanted(held):
                 continue
             need = pages_for(held.context + grow(held), block)
-            if len(members) + len(joining) >= self.config.max_batch_size:
+            if len(batch) + len(joining) >= self.config.max_batch_size:
                 break
             if view.total_kv_pages > 0 and pages + need > view.total_kv_pages:
                 break
@@ -264,22 +268,8 @@ class WorkerSchedule:
         batch = [self.held[r] for r in ids if r in self.held and (self.held[r].remaining or not self.held[r].prefilled)]
         if not batch:
             return []
-        model = batch[0].model
-        later = {r for rest, _ in self._round for r in rest}
-        taken = {h.request_id for h in batch} | later
-        block, grow = view.block_tokens_of(model), self._growth(view)
-        pages = sum(pages_for(h.context + grow(h), block) for h in batch)
-        for held in sorted(self.held.values(), key=lambda h: h.arrival):
-            if held.model != model or held.request_id in taken or not (held.remaining or not held.prefilled):
-                continue
-            if len(batch) >= self.config.max_batch_size:
-                break
-            need = pages_for(held.context + grow(held), block)
-            if view.total_kv_pages > 0 and pages + need > view.total_kv_pages:
-                break
-            batch.append(held)
-            pages += need
-        return batch
+        taken = {h.request_id for h in batch} | {r for rest, _ in self._round for r in rest}
+        return batch + self._room_for(batch[0].model, batch, taken, view, lambda h: h.remaining or not h.prefilled)
 
     def _others_waiting(self, batch: list[Held]) -> bool:
         members = {h.request_id for h in batch}
