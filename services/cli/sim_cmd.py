@@ -10,7 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
+from services.cli.workload_args import (
+    add_workload_arguments,
+    positive_float,
+    positive_int,
+    workload_from_args,
+)
 
 
 def register(subparsers) -> None:
@@ -21,73 +26,58 @@ def register(subparsers) -> None:
         "the router's real scheduling policy with simulated GPU workers whose step, switch and KV swap "
         "times come from a cost model (services/sim/cost.py), and prints SLO attainment and counters.",
     )
+    add_workload_arguments(p)
     p.add_argument(
-        "--workload", required=True, help="CSV file (Request Time,Model Name,Input Length,Output Length) or 'synthetic'"
-    )
-    p.add_argument(
-        "--gpus", type=_positive_int, default=1, help="simulated GPUs, each one worker (default: %(default)s)"
+        "--gpus",
+        type=positive_int,
+        default=1,
+        help="simulated GPUs, each one worker (default: %(default)s)",
     )
     p.add_argument(
         "--prefill-gpus", type=int, default=0,
         help="disaggregated mode: this many of the GPUs only prefill, the rest decode (default: %(default)s)",
     )  # fmt: skip
-    p.add_argument("--gpu-profile", default="H100", help="GPU cost profile (default: %(default)s; known: H100)")
+    p.add_argument(
+        "--gpu-profile",
+        default="H100",
+        help="GPU cost profile (default: %(default)s; known: H100)",
+    )
     p.add_argument(
         "--policy", choices=("token", "request"), default="token",
         help="token: turns with SLO-derived quotas; request: one model at a time per GPU (default: %(default)s)",
     )  # fmt: skip
     p.add_argument(
-        "--ttft", type=_positive_float, default=10.0, help="TTFT objective in seconds (default: %(default)s)"
+        "--ttft",
+        type=positive_float,
+        default=10.0,
+        help="TTFT objective in seconds (default: %(default)s)",
     )
-    p.add_argument("--tbt", type=_positive_float, default=0.1, help="TBT objective in seconds (default: %(default)s)")
+    p.add_argument(
+        "--tbt",
+        type=positive_float,
+        default=0.1,
+        help="TBT objective in seconds (default: %(default)s)",
+    )
     p.add_argument(
         "--drain", type=float, default=600.0,
         help="virtual seconds after the last arrival before unfinished requests are given up (default: %(default)s)",
     )  # fmt: skip
-    g = p.add_argument_group("synthetic workload (--workload synthetic)")
-    g.add_argument("--synthetic-models", type=_positive_int, default=8, help="models (default: %(default)s)")
-    g.add_argument("--rate", type=_positive_float, help="total requests/s (default: 0.1 per model)")
-    g.add_argument("--duration", type=_positive_float, default=120.0, help="seconds of arrivals (default: %(default)s)")
-    g.add_argument("--zipf", type=float, default=1.0, help="popularity exponent, 0 = uniform (default: %(default)s)")
-    g.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument(
         "--compare", action="store_true",
         help="run token and request scheduling on the same workload and print both, with token/request ratios",
     )  # fmt: skip
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
+    p.add_argument(
+        "--json", action="store_true", help="print one JSON object instead of a summary"
+    )
     p.set_defaults(handler=sim)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
 
 
 def sim(args: argparse.Namespace) -> int:
     from services.sim.errors import SimError
     from services.sim.run import SimConfig, simulate
-    from services.sim.workload import load_csv, synthetic
 
     try:
-        if args.workload == "synthetic":
-            workload = synthetic(args.synthetic_models, args.rate, args.duration, args.zipf, seed=args.seed)
-        else:
-            workload = load_csv(Path(args.workload))
+        workload = workload_from_args(args)
         summaries = {}
         for policy in ("token", "request") if args.compare else (args.policy,):
             config = SimConfig(
@@ -111,14 +101,28 @@ def sim(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({**summaries, "ratios": ratios}))
     else:
-        print("\n".join([_text(summaries["token"]), _text(summaries["request"]), f"token/request: {ratios}"]))
+        print(
+            "\n".join(
+                [
+                    _text(summaries["token"]),
+                    _text(summaries["request"]),
+                    f"token/request: {ratios}",
+                ]
+            )
+        )
     return 0
 
 
 def _ratios(token: dict, request: dict) -> dict:
     """token / request for the figures where both are numbers (None where request's is 0)."""
     out = {}
-    for key in ("attainment", "strict_attainment", "ttft_p99_s", "tbt_p99_s", "switches"):
+    for key in (
+        "attainment",
+        "strict_attainment",
+        "ttft_p99_s",
+        "tbt_p99_s",
+        "switches",
+    ):
         a, b = token.get(key), request.get(key)
         if isinstance(a, (int, float)) and isinstance(b, (int, float)):
             out[key] = round(a / b, 3) if b else None
