@@ -265,7 +265,47 @@ class RouterPolicy:
             )
             if 0 < waiting % self.config.max_prefill_group and scoring.can_take(view, model, self.config):
                 return view
-        return scoring.pick(live, model, self.config)
+        return self._home(live, model)
+
+    def _home(self, views: list[WorkerView], model: str) -> WorkerView | None:
+        """Model affinity, then balance. A worker that already holds requests of the model takes
+        the new one: it joins their batch, so the model costs that worker no extra step or switch,
+        where a second worker would spend both. Otherwise the worker whose held models ask the
+        least of it (`_demand`) takes it, warmth and load breaking ties; that spreads the models
+        over the pool instead of piling them where one happens to be resident."""
+        candidates = [v for v in views if scoring.can_take(v, model, self.config)]
+        if not candidates:
+            return None
+        holders = [v for v in candidates if self._holds(v.worker_id, model)]
+        if holders:
+            return min(holders, key=lambda v: (v.load, v.worker_id))
+        return min(
+            candidates,
+            key=lambda v: (
+                *self._demand(v),
+                -scoring.warmth(v, model, self.config),
+                v.load,
+                v.worker_id,
+            ),
+        )
+
+    def _holds(self, worker_id: str, model: str) -> bool:
+        schedule = self._schedules.get(worker_id)
+        return schedule is not None and any(h.model == model for h in schedule.held.values())
+
+    def _demand(self, view: WorkerView) -> tuple[float, int]:
+        """(the share of the worker's time its held models need to keep their TBT, how many
+        models it holds). The share: one decode step of each model per TBT objective (the
+        step's fixed part; batching makes the rest small)."""
+        schedule = self._schedules.get(view.worker_id)
+        if schedule is None:
+            return 0.0, 0
+        models = {h.model for h in schedule.held.values()}
+        share = 0.0
+        for model in models:
+            tbt_s = self._slos.get(model, DEFAULT_SLO)[1]
+            share += schedule.estimates.decode_step_s(model, view.weight_bytes.get(model, 0), 0) / tbt_s
+        return round(share, 3), len(models)
 
     def _handed_off(self, report: TurnReport, now: float) -> list[Decision]:
         """Requests whose KV a prefill worker left in the machine's hand-off area: the worker let

@@ -37,6 +37,9 @@ TYPICAL_CONTEXT_TOKENS = 1000
 """Context per sequence used to fold the per-sequence decode cost into the policy's
 per-context-token prior (mean prompt ~680 plus output so far)."""
 
+SLOTS_PER_GPU = 256
+"""The policy's max_running_per_worker for a simulated GPU."""
+
 
 @dataclass(frozen=True)
 class SimConfig:
@@ -173,7 +176,8 @@ def policy_config(cost: CostModel, scheduling: str) -> PolicyConfig:
         decode_s_per_context_token=per_context,
         prefill_s_per_token=statistics.median(m.prefill_per_token_s for m in models),
     )
-    return PolicyConfig(scheduling=scheduling, time_priors=priors)
+    # A GPU holds requests of many models at once; its KV pages, not a slot count, bound them.
+    return PolicyConfig(scheduling=scheduling, time_priors=priors, max_running_per_worker=SLOTS_PER_GPU)
 
 
 class Simulation:

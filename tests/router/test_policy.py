@@ -51,6 +51,18 @@ def test_request_goes_to_the_worker_with_its_model_warm():
     assert p.submit(request("r3", "c"), now=0.2)[0].worker_id == "w1"  # all cold: least loaded
 
 
+def test_a_models_requests_gather_on_the_worker_holding_it_and_new_models_spread():
+    p = policy()
+    p.on_worker_state(state("w1", 1), now=0.1)
+    p.on_worker_state(state("w2", 1, active="a", tiers={"a": "device", "b": "device"}), now=0.1)
+    assert p.submit(request("r1", "a"), now=0.2)[0].worker_id == "w2"  # equal demand: warm wins
+    # w2 now spends time on a; b goes to the idle worker although w2 has b resident
+    assert p.submit(request("r2", "b"), now=0.2)[0].worker_id == "w1"
+    # a second request of b joins r2's batch on w1 rather than costing w2 a turn of b
+    assert p.submit(request("r3", "b"), now=0.3)[0].worker_id == "w1"
+    assert p.submit(request("r4", "a"), now=0.3)[0].worker_id == "w2"
+
+
 def test_unknown_model_gets_404_naming_the_known_ones():
     p = policy()
     p.on_worker_state(state("w1", 1), now=0.1)

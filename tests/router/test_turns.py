@@ -159,12 +159,17 @@ def test_a_newcomer_of_the_running_model_joins_the_running_turn():
     assert set(turn.request_ids) < set(extended.request_ids) and extended.quota_s <= turn.quota_s + 0.1
 
 
-def test_a_newcomer_whose_ttft_cannot_wait_for_its_turn_is_prefilled_at_once():
+def test_a_newcomer_whose_ttft_cannot_wait_for_its_turn_brings_its_models_turn_forward():
     p, turn, now = settled(("a", "b"), max_quota_s=4.0)
     other = "b" if turn.model == "a" else "a"
     p._slos[other] = (0.05, 0.1)  # must start within 50 ms
     [urgent] = start(p, "hurry", other, now + 0.001)
-    assert (urgent.model, urgent.request_ids, urgent.until_prefilled) == (other, ("hurry",), True)
+    # one switch, not two: the newcomer prefills and its model's batch decodes in the same turn
+    assert (urgent.model, urgent.request_ids, urgent.until_prefilled) == (other, ("hurry", f"{other}0"), False)
+    assert 0 < urgent.quota_s <= 4.0
+    # that was the model's turn of the round: the next turn goes to the model that waited
+    [following] = serve(p, urgent, now + 0.001 + urgent.quota_s)
+    assert following.model == turn.model
 
 
 def test_an_arrival_for_another_model_replaces_an_unbounded_turn():

@@ -143,7 +143,7 @@ class WorkerSchedule:
             return extended
         urgent = self._urgent_group(waiting, view, now)
         if urgent is not None:
-            return urgent[0].model, urgent, math.inf, True, self._next_round_model()
+            return self._urgent_turn(urgent, view)
         work = self._decoding() + waiting
         if not work:
             return None
@@ -218,6 +218,25 @@ class WorkerSchedule:
         late_models = {h.model for h in late}
         groups = prefill_groups([h for h in waiting if h.model in late_models], self.config.max_prefill_group)
         return groups[0]
+
+    def _urgent_turn(self, urgent: list[Held], view: WorkerView):
+        """The urgent group's model takes its turn of the round now: its newcomers prefill, then
+        its batch decodes for the batch's quota. A prefill-only turn would pay the model's
+        switch twice, once now and again at its turn in the round. A model with no batch in the
+        round decodes for the round's median quota (prefill-only when it is alone)."""
+        model = urgent[0].model
+        at = next((i for i, (ids, _) in enumerate(self._round) if any(self.held[r].model == model for r in ids if r in self.held)), None)
+        if at is None:
+            quotas = sorted(q for _, q in self._round if math.isfinite(q))
+            if not quotas:
+                return model, urgent, math.inf, True, self._next_round_model()
+            ids, quota = [h.request_id for h in urgent], quotas[len(quotas) // 2]
+        else:
+            ids, quota = self._round.pop(at)
+        batch = self._batch_now(list(dict.fromkeys([*(h.request_id for h in urgent), *ids])), view)
+        fresh = [h for h in batch if not h.prefilled]
+        quota = min(quota + self._prefill_cost(view, fresh, switching=False), self.config.max_quota_s)
+        return model, batch, quota, False, self._next_round_model()
 
     def _waits(self, view: WorkerView) -> dict[str | None, float]:
         """Estimated seconds until each model's next turn starts; None: a model not in this round."""
