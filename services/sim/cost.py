@@ -5,21 +5,23 @@ that a fitted or measured one can replace (anything with the same methods will d
 
     cost = CostModel.for_models("H100", {"m0": "qwen2.5-7b", "m1": "llama-2-13b"})
     cost.decode_step_s("m0", batch=8, context_tokens=8 * 700)
-    cost.copy_s(cost.weight_bytes("m1"))
+    cost.copy_in_s(cost.weight_bytes("m1"))
+    cost = CostModel.for_models("engine:bench/results/engine-cost-cpu-DATE.json", {"demo-llama": "demo-llama"})
 
-Step times
-    decode step  = a + b * batch + c * context_tokens
-    prefill step = p0 + p1 * prompt_tokens
-    a, b, p0, p1 per model: least-squares fits of the measured vLLM latencies in
-    ../shared/data/aegaeon/profiles/<model>/H100/i<input>b<batch>.json (Aegaeon's artifact),
-    over the points with input * batch <= 4096 (larger points are flat, i.e. truncated).
-    c is the roofline: every cached token's K and V are read once per step, c = KV bytes per
-    token / HBM bandwidth (the profiles, at <= 4096 context tokens, cannot separate it).
-        model         a (ms)  b (us/seq)  c (ns/token)  p0 (ms)  p1 (us/token)
-        Qwen2.5-7B    9.02    72          17.1          5.88     21.9
-        Yi-1.5-9B     13.56   74          29.3          8.48     27.1
-        Llama-2-13B   12.40   113         244.5         7.56     40.8
-    Issue 5 replaces these with DistServe-style fits on every GPU of the profiles.
+Devices
+    H100, H800, H20, A100 (cost_gpus.py: memory, HBM and PCIe bandwidths, switch cost, each
+    with its source), or "engine:PATH": a profile measured on our own engine (cost_engine.py).
+
+Step times (cost_steps.py)
+    decode step  = a + b * batch + c * context_tokens + s * ((batch - 1) // 64)
+    prefill step = max(floor, p0 + p1 * tokens + p2 * squared_tokens)
+    On the four GPUs: DistServe-style fits of the paper's vLLM profiles of each model on each
+    GPU (../shared/data/aegaeon/profiles), shipped as coefficients in cost_fitted.py, re-fitted
+    by `python -m services.sim.cost_fit` (cost_fit.py says how: truncated prefills, contaminated
+    and empty decodes, the prefill floor, the batch steps of H20/A100, c >= the roofline KV read).
+    Fit quality over all 12 model x GPU fits (relative error |predicted / measured - 1|; the
+    table per fit is in cost_fitted.py's docstring): decode median 1.4-6.6 %, 90th percentile
+    <= 11 %, worst point 25 %; prefill median 1.8-4.2 %, 90th percentile <= 12 %, worst 25 %.
 
 Model sizes (bf16, 2 bytes per parameter), counted from each model's config.json
 (Hugging Face: Qwen/Qwen2.5-7B, 01-ai/Yi-1.5-9B, meta-llama/Llama-2-13b-hf):
@@ -27,25 +29,24 @@ Model sizes (bf16, 2 bytes per parameter), counted from each model's config.json
     Yi-1.5-9B     8,829,407,232 params = 17.66 GB   KV 98,304 B/token (48 layers, 4 KV heads x 128)
     Llama-2-13B  13,015,864,320 params = 26.03 GB   KV 819,200 B/token (40 layers, 40 KV heads x 128)
     KV bytes per token = layers * 2 (K and V) * kv_heads * head_dim * 2 bytes.
-
-H100 SXM 80 GB (NVIDIA H100 datasheet): 80e9 bytes of HBM3 at 3.35 TB/s.
-    host_to_device 50 GB/s: pinned cudaMemcpy over PCIe Gen5 x16 (63 GB/s raw per direction)
-    measures about 50-55 GB/s; we take the low end so switches are not flattered. No GPU was
-    lent to measure it here; `tokenpool bench engine --device cuda` prints the real figure.
-    device_to_host 50 GB/s likewise (KV swap out).
-    switch_fixed 5 ms per weight copy beyond bytes / bandwidth: a placeholder, pessimistic next
-    to our CPU measurement (a switch took 1.03x the memcpy limit, bench/README.md).
-    reserved 4 GB: CUDA context, activations and workspace, never used for weights or KV.
+Our own models (~/.cache/tokenpool/models/<name>/config.json) are here too, so that a workload
+of them can name its architectures; an engine profile carries their measured sizes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from services.sim.cost_fitted import FITS
+from services.sim.cost_gpus import GPU_SPECS, GpuProfile
+from services.sim.cost_steps import StepFit
 from services.sim.errors import SimError
 
+__all__ = ["ARCHITECTURES", "GPU_PROFILES", "Architecture", "CostModel", "GpuProfile", "ModelCosts", "StepFit"]
+
 BF16_BYTES = 2
+ENGINE_PREFIX = "engine:"
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class Architecture:
     kv_heads: int
     head_dim: int
     qkv_bias: bool = False
+    tied_embeddings: bool = False
 
     def params(self) -> int:
         q = self.heads * self.head_dim
@@ -70,7 +72,7 @@ class Architecture:
             attention += q + 2 * kv
         mlp = 3 * self.hidden * self.intermediate
         norms = 2 * self.hidden
-        embeddings = 2 * self.vocab * self.hidden  # input embedding and an untied LM head
+        embeddings = (1 if self.tied_embeddings else 2) * self.vocab * self.hidden
         return self.layers * (attention + mlp + norms) + embeddings + self.hidden
 
     def weight_bytes(self, dtype_bytes: int = BF16_BYTES) -> int:
@@ -86,60 +88,28 @@ ARCHITECTURES: dict[str, Architecture] = {
         Architecture("qwen2.5-7b", 152064, 3584, 18944, 28, 28, 4, 128, qkv_bias=True),
         Architecture("yi-1.5-9b", 64000, 4096, 11008, 48, 32, 4, 128),
         Architecture("llama-2-13b", 32000, 5120, 13824, 40, 40, 40, 128),
+        Architecture("smollm2-135m-instruct", 49152, 576, 1536, 30, 9, 3, 64, tied_embeddings=True),
+        Architecture("demo-llama", 49152, 256, 768, 4, 8, 2, 32, tied_embeddings=True),
+        Architecture("demo-qwen2", 49152, 320, 864, 3, 5, 1, 64, qkv_bias=True),
+        Architecture("demo-mistral", 49152, 256, 512, 2, 4, 4, 64),
     )
 }
 
-
-@dataclass(frozen=True)
-class StepFit:
-    """Step-time coefficients of one architecture on one GPU (the context term comes from the roofline)."""
-
-    decode_fixed_s: float
-    decode_per_seq_s: float
-    prefill_fixed_s: float
-    prefill_per_token_s: float
-
-
-@dataclass(frozen=True)
-class GpuProfile:
-    name: str
-    memory_bytes: int
-    """Device memory: resident weights, KV pages and `reserved_bytes` share it."""
-    reserved_bytes: int
-    """Device memory kept for the CUDA context, activations and workspace."""
-    memory_bandwidth_bytes_s: float
-    host_to_device_bytes_s: float
-    """Pinned host-to-device copy bandwidth: weight copies and KV swap-in."""
-    device_to_host_bytes_s: float
-    """KV swap-out bandwidth (the other direction of the link: it does not slow copies in)."""
-    switch_fixed_s: float
-    """Time a model switch costs beyond its weight copy."""
-    fits: Mapping[str, StepFit]
-    """Architecture name -> measured step-time coefficients on this GPU."""
-
-
-GPU_PROFILES: dict[str, GpuProfile] = {
-    "H100": GpuProfile(
-        name="H100",
-        memory_bytes=80 * 10**9,
-        reserved_bytes=4 * 10**9,
-        memory_bandwidth_bytes_s=3.35e12,
-        host_to_device_bytes_s=50e9,
-        device_to_host_bytes_s=50e9,
-        switch_fixed_s=0.005,
-        fits={
-            "qwen2.5-7b": StepFit(0.00902, 0.000072, 0.00588, 21.9e-6),
-            "yi-1.5-9b": StepFit(0.01356, 0.000074, 0.00848, 27.1e-6),
-            "llama-2-13b": StepFit(0.01240, 0.000113, 0.00756, 40.8e-6),
-        },
-    ),
-}
+GPU_PROFILES: dict[str, GpuProfile] = {name: replace(spec, fits=FITS[name]) for name, spec in GPU_SPECS.items()}
 
 
 def gpu_profile(name: str) -> GpuProfile:
+    """A GPU by name (H100, H800, H20, A100; any case) or "engine:PATH" (a measured engine profile)."""
+    if name.startswith(ENGINE_PREFIX):
+        from services.sim.cost_engine import load_engine_profile
+
+        return load_engine_profile(name[len(ENGINE_PREFIX) :]).gpu_profile()
     profile = GPU_PROFILES.get(name) or GPU_PROFILES.get(name.upper())
     if profile is None:
-        raise SimError(f"unknown GPU profile {name!r}; known profiles: {', '.join(GPU_PROFILES)}")
+        raise SimError(
+            f"unknown GPU profile {name!r}; known profiles: {', '.join(GPU_PROFILES)}, "
+            f"or {ENGINE_PREFIX}PATH for an engine cost profile"
+        )
     return profile
 
 
@@ -150,11 +120,27 @@ class ModelCosts:
     architecture: str
     weight_bytes: int
     kv_bytes_per_token: int
-    decode_fixed_s: float
-    decode_per_seq_s: float
-    decode_per_context_token_s: float
-    prefill_fixed_s: float
-    prefill_per_token_s: float
+    steps: StepFit
+
+    @property
+    def decode_fixed_s(self) -> float:
+        return self.steps.decode_fixed_s
+
+    @property
+    def decode_per_seq_s(self) -> float:
+        return self.steps.decode_per_seq_s
+
+    @property
+    def decode_per_context_token_s(self) -> float:
+        return self.steps.decode_per_context_token_s
+
+    @property
+    def prefill_fixed_s(self) -> float:
+        return self.steps.prefill_fixed_s
+
+    @property
+    def prefill_per_token_s(self) -> float:
+        return self.steps.prefill_per_token_s
 
 
 class CostModel:
@@ -164,7 +150,12 @@ class CostModel:
 
     @classmethod
     def for_models(cls, gpu: str | GpuProfile, architectures: Mapping[str, str]) -> CostModel:
-        """`architectures` maps each served model name to an ARCHITECTURES key."""
+        """`architectures` maps each served model name to an ARCHITECTURES key (for an engine
+        profile: a model the profile measured, named as `tokenpool models list` names it)."""
+        if isinstance(gpu, str) and gpu.startswith(ENGINE_PREFIX):
+            from services.sim.cost_engine import load_engine_profile
+
+            return load_engine_profile(gpu[len(ENGINE_PREFIX) :]).cost_model(architectures)
         profile = gpu if isinstance(gpu, GpuProfile) else gpu_profile(gpu)
         models = {}
         for model, arch_name in architectures.items():
@@ -175,18 +166,11 @@ class CostModel:
                 )
             fit = profile.fits.get(arch_name)
             if fit is None:
-                raise SimError(f"GPU profile {profile.name} has no step-time fit for {arch_name!r}")
-            kv = arch.kv_bytes_per_token()
-            models[model] = ModelCosts(
-                architecture=arch_name,
-                weight_bytes=arch.weight_bytes(),
-                kv_bytes_per_token=kv,
-                decode_fixed_s=fit.decode_fixed_s,
-                decode_per_seq_s=fit.decode_per_seq_s,
-                decode_per_context_token_s=kv / profile.memory_bandwidth_bytes_s,
-                prefill_fixed_s=fit.prefill_fixed_s,
-                prefill_per_token_s=fit.prefill_per_token_s,
-            )
+                raise SimError(
+                    f"GPU profile {profile.name} has no step-time fit for {arch_name!r} "
+                    f"(it has: {', '.join(profile.fits) or 'none'})"
+                )
+            models[model] = ModelCosts(arch_name, arch.weight_bytes(), arch.kv_bytes_per_token(), fit)
         return cls(profile, models)
 
     def _model(self, model: str) -> ModelCosts:
@@ -203,12 +187,12 @@ class CostModel:
 
     def decode_step_s(self, model: str, batch: int, context_tokens: int) -> float:
         """One decode step of `batch` sequences attending to `context_tokens` cached tokens in all."""
-        m = self._model(model)
-        return m.decode_fixed_s + m.decode_per_seq_s * batch + m.decode_per_context_token_s * context_tokens
+        return self._model(model).steps.decode_s(batch, context_tokens)
 
-    def prefill_step_s(self, model: str, tokens: int) -> float:
-        m = self._model(model)
-        return m.prefill_fixed_s + m.prefill_per_token_s * tokens
+    def prefill_step_s(self, model: str, tokens: int, squared_tokens: int | None = None) -> float:
+        """One prefill step computing `tokens` prompt tokens. squared_tokens: the sum over its
+        sequences of (cached + chunk)^2 - cached^2; None: one sequence of `tokens`, nothing cached."""
+        return self._model(model).steps.prefill_s(tokens, squared_tokens)
 
     def copy_in_s(self, nbytes: int) -> float:
         """Host-to-device copy time (weights, KV swap-in)."""
