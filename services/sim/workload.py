@@ -1,29 +1,29 @@
 """Workloads: when each request arrives, for which model, with how many prompt and output tokens.
 
     workload = load_csv(Path("../shared/data/aegaeon/workloads/synth-8-0.1-1.0-1.0.csv"))
-    workload = synthetic(models=8, rate_rps=0.8, duration_s=120, seed=1)
+    workload = synthetic(models=8, rate_rps=0.8, duration_s=120, cv=1.0, seed=1)
+    workload = load_azure(Path("../shared/data/traces/azure_llm_code_2023.csv"), models=80, zipf=1.0)
+    workload = load_servegen(Path("../shared/data/traces/servegen/m-large"), clients=80, window=(72000, 3600))
 
-The paper's CSVs (Aegaeon, SOSP'25 artifact) have the header
-`Request Time,Model Name,Input Length,Output Length`, times as HH:MM:SS.fff from the start.
-Their models are placeholders (synth_model_00, ...); as in the paper they stand for a 6:2:2
-mix of 7B, 9B and 13B models. `size_mix` deals the sizes out in a repeating pattern of ten,
-interleaved (7B 7B 9B 7B 13B 7B 7B 9B 7B 13B), so that small markets get the mix too.
+One loader per source, each in its own file (workload_paper.py, workload_synthetic.py,
+workload_azure.py, workload_servegen.py); this file holds what they share: the Workload
+they all return, the 6:2:2 size mix, Zipf weights and cutting a window out of a workload.
+
+Models stand for a market: as in the Aegaeon paper they map onto a 6:2:2 mix of 7B, 9B and
+13B models. `size_mix` deals the sizes out in a repeating pattern of ten, interleaved
+(7B 7B 9B 7B 13B 7B 7B 9B 7B 13B), in model-name order, so that small markets get the mix too.
 """
 
 from __future__ import annotations
 
-import csv
-import math
-import random
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
+from operator import attrgetter
 
 from services.sim.cost import ARCHITECTURES
 from services.sim.errors import SimError
 
-CSV_COLUMNS = ("Request Time", "Model Name", "Input Length", "Output Length")
 SIZE_PATTERN = (
     "qwen2.5-7b", "qwen2.5-7b", "yi-1.5-9b", "qwen2.5-7b", "llama-2-13b",
     "qwen2.5-7b", "qwen2.5-7b", "yi-1.5-9b", "qwen2.5-7b", "llama-2-13b",
@@ -31,7 +31,7 @@ SIZE_PATTERN = (
 """6 x 7B, 2 x 9B, 2 x 13B in every ten models, in model-name order."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Arrival:
     time_s: float
     """Seconds from the start of the workload."""
@@ -47,7 +47,8 @@ class Workload:
     arrivals: tuple[Arrival, ...]
     """In time order."""
     architectures: dict[str, str]
-    """Each model's architecture (a key of cost.ARCHITECTURES): what its bytes and steps cost."""
+    """Every model of the market (also those no request in the workload asks for), mapped to its
+    architecture (a key of cost.ARCHITECTURES): what its bytes and steps cost."""
 
     @property
     def models(self) -> list[str]:
@@ -69,8 +70,17 @@ def size_mix(models: Iterable[str]) -> dict[str, str]:
     return {m: SIZE_PATTERN[i % len(SIZE_PATTERN)] for i, m in enumerate(ordered)}
 
 
+def zipf_weights(n: int, exponent: float) -> list[float]:
+    """Popularity of the k-th most popular of n models, proportional to 1 / k**exponent (0: uniform)."""
+    if exponent < 0:
+        raise SimError(f"zipf exponent must be >= 0 (0 is uniform popularity), got {exponent:g}")
+    raw = [1 / (k + 1) ** exponent for k in range(n)]
+    total = sum(raw)
+    return [w / total for w in raw]
+
+
 def make_workload(name: str, arrivals: Iterable[Arrival], architectures: dict[str, str] | None = None) -> Workload:
-    ordered = tuple(sorted(arrivals, key=lambda a: a.time_s))
+    ordered = tuple(sorted(arrivals, key=attrgetter("time_s")))
     if not ordered:
         raise SimError(f"workload {name!r} has no requests")
     archs = architectures if architectures is not None else size_mix(a.model for a in ordered)
@@ -86,111 +96,85 @@ def make_workload(name: str, arrivals: Iterable[Arrival], architectures: dict[st
     return Workload(name, ordered, ordered_archs)
 
 
-# ---- the paper's CSVs -----------------------------------------------------------------
-
-
-def load_csv(path: Path) -> Workload:
-    path = Path(path)
-    if not path.is_file():
-        raise SimError(
-            f"workload file {path} does not exist" if not path.exists() else f"workload {path} is not a file"
-        )
-    with path.open(newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None:
-            raise SimError(f"workload file {path} is empty; expected the header {','.join(CSV_COLUMNS)}")
-        header = [h.strip() for h in header]
-        missing = [c for c in CSV_COLUMNS if c not in header]
-        if missing:
-            raise SimError(
-                f"workload file {path}: header lacks column(s) {', '.join(missing)}; expected {','.join(CSV_COLUMNS)}"
-            )
-        where = [header.index(c) for c in CSV_COLUMNS]
-        arrivals = []
-        for row in reader:
-            line = reader.line_num
-            if not row or all(not cell.strip() for cell in row):
-                continue
-            if len(row) < len(header):
-                raise SimError(f"{path}, line {line}: {len(row)} fields, expected {len(header)} ({','.join(header)})")
-            time_text, model, input_text, output_text = (row[i].strip() for i in where)
-            if not model:
-                raise SimError(f"{path}, line {line}: the Model Name is empty")
-            arrivals.append(
-                Arrival(
-                    _parse_time(time_text, path, line),
-                    model,
-                    _parse_count(input_text, "Input Length", path, line),
-                    _parse_count(output_text, "Output Length", path, line),
-                )
-            )
-    return make_workload(path.name, arrivals)
-
-
-def _parse_time(text: str, path: Path, line: int) -> float:
-    """HH:MM:SS(.fff), MM:SS(.fff) or plain seconds."""
-    try:
-        seconds = 0.0
-        for part in text.split(":"):
-            seconds = seconds * 60 + float(part)
-    except ValueError:
-        seconds = math.nan
-    if not math.isfinite(seconds) or seconds < 0:
-        raise SimError(f"{path}, line {line}: Request Time {text!r} is not a time such as 00:01:02.500")
-    return seconds
-
-
-def _parse_count(text: str, column: str, path: Path, line: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise SimError(f"{path}, line {line}: {column} {text!r} is not a whole number") from None
-    if value < 1:
-        raise SimError(f"{path}, line {line}: {column} is {value}; it must be at least 1")
-    return value
-
-
-# ---- synthetic ------------------------------------------------------------------------
-
-
-def synthetic(
-    models: int = 8,
-    rate_rps: float | None = None,
-    duration_s: float = 120.0,
-    zipf: float = 1.0,
-    mean_input: int = 680,
-    mean_output: int = 300,
-    seed: int = 0,
+def cut(
+    workload: Workload, window: tuple[float, float | None] | None = None, max_requests: int | None = None
 ) -> Workload:
-    """Poisson arrivals at `rate_rps` in all (default 0.1 per model, as in the paper's CSVs);
-    each picks model k (k = 1..models) with probability proportional to 1 / k**zipf; prompt and
-    output lengths are log-normal (sigma 1) with the given means (ShareGPT's, per DESIGN.md),
-    capped at 8192 and 2048 tokens."""
-    if models < 1:
-        raise SimError(f"a synthetic workload needs at least 1 model, got {models}")
-    rate = 0.1 * models if rate_rps is None else rate_rps
-    if rate <= 0 or duration_s <= 0:
-        raise SimError(f"rate_rps ({rate}) and duration_s ({duration_s}) must be positive")
-    if zipf < 0:
-        raise SimError(f"zipf exponent must be >= 0 (0 is uniform popularity), got {zipf}")
-    rng = random.Random(seed)
-    names = [f"model_{k:02d}" for k in range(models)]
-    weights = [1 / (k + 1) ** zipf for k in range(models)]
-    arrivals = []
-    t = rng.expovariate(rate)
-    while t < duration_s:
-        model = rng.choices(names, weights)[0]
-        arrivals.append(Arrival(t, model, _lognormal(rng, mean_input, 8192), _lognormal(rng, mean_output, 2048)))
-        t += rng.expovariate(rate)
-    if not arrivals:
-        raise SimError(f"no request arrived in {duration_s:g} s at {rate:g} requests/s; raise the rate or the duration")
-    return make_workload(
-        f"synthetic-{models}-{rate:g}rps-{duration_s:g}s-zipf{zipf:g}-seed{seed}", arrivals, size_mix(names)
-    )
+    """The requests in [start, start + duration) of `window` (duration None: to the end), times made
+    relative to its start, then at most the first `max_requests`. The market (its models) stays whole."""
+    arrivals = workload.arrivals
+    name = workload.name
+    if window is not None:
+        start, duration = window
+        end = float("inf") if duration is None else start + duration
+        arrivals = tuple(
+            Arrival(a.time_s - start, a.model, a.input_tokens, a.output_tokens)
+            for a in arrivals
+            if start <= a.time_s < end
+        )
+        name += f"@{format_window(window)}"
+        if not arrivals:
+            raise SimError(f"workload {workload.name!r} has no request in the window {format_window(window)}")
+    if max_requests is not None:
+        if max_requests < 1:
+            raise SimError(f"max_requests must be at least 1, got {max_requests}")
+        if len(arrivals) > max_requests:
+            arrivals = arrivals[:max_requests]
+            name += f"-first{max_requests}"
+    return Workload(name, arrivals, workload.architectures)
 
 
-def _lognormal(rng: random.Random, mean: float, cap: int) -> int:
-    sigma = 1.0
-    mu = math.log(mean) - sigma**2 / 2
-    return max(1, min(cap, round(rng.lognormvariate(mu, sigma))))
+def speed_up(workload: Workload, factor: float) -> Workload:
+    """The same requests `factor` times as fast (times divided by it)."""
+    if factor == 1:
+        return workload
+    arrivals = tuple(Arrival(a.time_s / factor, a.model, a.input_tokens, a.output_tokens) for a in workload.arrivals)
+    return Workload(f"{workload.name}-x{factor:.3g}", arrivals, workload.architectures)
+
+
+def format_window(window: tuple[float, float | None]) -> str:
+    start, duration = window
+    return f"{start:g}s+{'end' if duration is None else f'{duration:g}s'}"
+
+
+def check_window(window: tuple[float, float | None] | None) -> None:
+    if window is None:
+        return
+    start, duration = window
+    if not start >= 0:
+        raise SimError(f"a window starts at 0 s or later, got {start:g} s")
+    if duration is not None and not duration > 0:
+        raise SimError(f"a window lasts more than 0 s, got {duration:g} s")
+
+
+def rate_factor(rate_scale: float | None, rate_rps: float | None, natural_rps: float, what: str) -> float:
+    """How much faster than the source to run: `rate_scale` as given, or what makes the mean
+    total rate `rate_rps` (never both)."""
+    if rate_scale is not None and rate_rps is not None:
+        raise SimError("give a rate scale or a target rate, not both")
+    if rate_rps is not None:
+        if not rate_rps > 0:
+            raise SimError(f"the target rate must be positive, got {rate_rps:g} requests/s")
+        if not natural_rps > 0:
+            raise SimError(f"{what} has no request to scale to {rate_rps:g} requests/s")
+        return rate_rps / natural_rps
+    scale = 1.0 if rate_scale is None else rate_scale
+    if not scale > 0:
+        raise SimError(f"the rate scale must be positive, got {scale:g}")
+    return scale
+
+
+_LOADERS = {
+    "load_csv": "services.sim.workload_paper",
+    "synthetic": "services.sim.workload_synthetic",
+    "load_azure": "services.sim.workload_azure",
+    "load_servegen": "services.sim.workload_servegen",
+}
+
+
+def __getattr__(name: str):
+    # The loaders import this module; importing them here lazily keeps either import order working.
+    if name in _LOADERS:
+        import importlib
+
+        return getattr(importlib.import_module(_LOADERS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
