@@ -11,6 +11,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 MODEL_STORE = "TOKENPOOL_MODEL_STORE"
@@ -150,3 +151,109 @@ def kv_handoff_dir(environ: Mapping[str, str] = os.environ) -> Path:
         return Path(value).expanduser()
     shm = Path("/dev/shm")
     return (shm if shm.is_dir() else Path(tempfile.gettempdir())) / "tokenpool-kv"
+
+
+NATS_USER = "TOKENPOOL_NATS_USER"
+"""User name this service presents to NATS (user/password auth); needs TOKENPOOL_NATS_PASSWORD.
+
+Default: none (no auth).
+"""
+
+NATS_PASSWORD = "TOKENPOOL_NATS_PASSWORD"
+"""Password of TOKENPOOL_NATS_USER.
+
+Default: none.
+"""
+
+NATS_CREDS = "TOKENPOOL_NATS_CREDS"
+"""Path of a NATS credentials file (user JWT and nkey seed, decentralized auth).
+
+Default: none.
+"""
+
+NATS_NKEY_SEED = "TOKENPOOL_NATS_NKEY_SEED"
+"""Path of a file holding this service's nkey seed (``SU...``), for nkey auth.
+
+Default: none.
+"""
+
+NATS_TLS_CA = "TOKENPOOL_NATS_TLS_CA"
+"""PEM file of the CA that signed the NATS servers' certificates; setting it turns TLS on.
+
+Default: none (TLS only for ``tls://`` URLs, verified against the system's CAs).
+"""
+
+NATS_TLS_CERT = "TOKENPOOL_NATS_TLS_CERT"
+"""PEM client certificate for servers that verify clients (mutual TLS); needs TOKENPOOL_NATS_TLS_KEY.
+
+Default: none.
+"""
+
+NATS_TLS_KEY = "TOKENPOOL_NATS_TLS_KEY"
+"""PEM private key of TOKENPOOL_NATS_TLS_CERT.
+
+Default: none.
+"""
+
+NATS_REPLICAS = "TOKENPOOL_NATS_REPLICAS"
+"""JetStream replicas of the request stream and the placement bucket: 1 on a single server,
+3 on a three-node cluster so that both survive the loss of a node.
+
+Default: ``1``.
+"""
+
+
+@dataclass(frozen=True)
+class NatsAuth:
+    """How a service authenticates to NATS and whether it speaks TLS; all None: neither."""
+
+    user: str | None = None
+    password: str | None = None
+    creds: Path | None = None
+    nkey_seed: Path | None = None
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    @property
+    def tls(self) -> bool:
+        return any((self.tls_ca, self.tls_cert))
+
+
+def _existing_file(environ: Mapping[str, str], name: str) -> Path | None:
+    if not (value := environ.get(name)):
+        return None
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise EnvError(f"{name}={value!r}: no such file")
+    return path
+
+
+def nats_auth(environ: Mapping[str, str] = os.environ) -> NatsAuth:
+    user, password = environ.get(NATS_USER) or None, environ.get(NATS_PASSWORD) or None
+    if bool(user) != bool(password):
+        given, missing = (NATS_USER, NATS_PASSWORD) if user else (NATS_PASSWORD, NATS_USER)
+        raise EnvError(f"{given} is set but {missing} is not; set both or neither")
+    auth = NatsAuth(
+        user=user,
+        password=password,
+        creds=_existing_file(environ, NATS_CREDS),
+        nkey_seed=_existing_file(environ, NATS_NKEY_SEED),
+        tls_ca=_existing_file(environ, NATS_TLS_CA),
+        tls_cert=_existing_file(environ, NATS_TLS_CERT),
+        tls_key=_existing_file(environ, NATS_TLS_KEY),
+    )
+    methods = [n for n, v in ((NATS_USER, user), (NATS_CREDS, auth.creds), (NATS_NKEY_SEED, auth.nkey_seed)) if v]
+    if len(methods) > 1:
+        raise EnvError(f"{' and '.join(methods)} are both set; use one way to authenticate to NATS")
+    if bool(auth.tls_cert) != bool(auth.tls_key):
+        given, missing = (NATS_TLS_CERT, NATS_TLS_KEY) if auth.tls_cert else (NATS_TLS_KEY, NATS_TLS_CERT)
+        raise EnvError(f"{given} is set but {missing} is not; a client certificate needs its key")
+    return auth
+
+
+def nats_replicas(environ: Mapping[str, str] = os.environ) -> int:
+    value = environ.get(NATS_REPLICAS) or "1"
+    if not value.isdigit() or not 1 <= int(value) <= 5:
+        raise EnvError(f"{NATS_REPLICAS}={value!r}: use a number of replicas from 1 to 5 (at most the cluster's nodes)")
+    return int(value)

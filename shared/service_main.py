@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 
 from shared import env
 from shared.tracing import setup_tracing, shutdown_tracing
@@ -29,7 +30,10 @@ async def until_stopped() -> None:
 
 
 def run_service(name: str, coro) -> None:
-    """Runs the service's coroutine on uvloop when it is installed, with tracing set up around it."""
+    """Runs the service's coroutine on uvloop when it is installed, with tracing set up around it.
+
+    A configuration error found while starting (env.EnvError, e.g. NATS refused the credentials)
+    ends the process with its message and exit status 2."""
     setup_tracing(name)
     try:
         try:
@@ -38,5 +42,8 @@ def run_service(name: str, coro) -> None:
             asyncio.run(coro)
         else:
             uvloop.run(coro)
+    except env.EnvError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     finally:
         shutdown_tracing()
