@@ -8,14 +8,13 @@ tokenpool sim --workload ../shared/data/aegaeon/workloads/synth-16-0.1-1.0-1.0.c
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
-from services.cli.workload_args import (
-    add_workload_arguments,
-    positive_float,
-    positive_int,
-    workload_from_args,
-)
+
+from services.cli.workload_args import add_workload_arguments, positive_float, positive_int, workload_from_args
+
+POLICIES = ("token", "request", "dedicated")
 
 
 def register(subparsers) -> None:
@@ -43,8 +42,9 @@ def register(subparsers) -> None:
         help="GPU cost profile (default: %(default)s; known: H100)",
     )
     p.add_argument(
-        "--policy", choices=("token", "request"), default="token",
-        help="token: turns with SLO-derived quotas; request: one model at a time per GPU (default: %(default)s)",
+        "--policy", choices=POLICIES, default="token",
+        help="token: turns with SLO-derived quotas; request: one model at a time per GPU, LRU weights; "
+        "dedicated: one model per GPU (default: %(default)s)",
     )  # fmt: skip
     p.add_argument(
         "--ttft",
@@ -64,8 +64,15 @@ def register(subparsers) -> None:
     )  # fmt: skip
     p.add_argument(
         "--compare", action="store_true",
-        help="run token and request scheduling on the same workload and print both, with token/request ratios",
+        help="run token, request and dedicated on the same workload and pool and print all three, "
+        "with token/request and token/dedicated ratios",
     )  # fmt: skip
+    p.add_argument(
+        "--plot", metavar="PNG",
+        help="also draw attainment against the number of models (the pool serving the workload's first "
+        "k models, for growing k) to this PNG file, for the policy run (all three with --compare)",
+    )  # fmt: skip
+    p.add_argument("--plot-points", type=positive_int, default=6, help="market sizes on the plot (default: %(default)s)")
     p.add_argument(
         "--json", action="store_true", help="print one JSON object instead of a summary"
     )
@@ -76,20 +83,26 @@ def sim(args: argparse.Namespace) -> int:
     from services.sim.errors import SimError
     from services.sim.run import SimConfig, simulate
 
+    policies = POLICIES if args.compare else (args.policy,)
     try:
         workload = workload_from_args(args)
+        config = SimConfig(
+            gpus=args.gpus,
+            prefill_gpus=args.prefill_gpus,
+            gpu_profile=args.gpu_profile,
+            scheduling=args.policy,
+            ttft_s=args.ttft,
+            tbt_s=args.tbt,
+            drain_s=args.drain,
+        )
         summaries = {}
-        for policy in ("token", "request") if args.compare else (args.policy,):
-            config = SimConfig(
-                gpus=args.gpus,
-                prefill_gpus=args.prefill_gpus,
-                gpu_profile=args.gpu_profile,
-                scheduling=policy,
-                ttft_s=args.ttft,
-                tbt_s=args.tbt,
-                drain_s=args.drain,
-            )
-            summaries[policy] = simulate(workload, config).summary()
+        for policy in policies:
+            # dedicated serving has no prefill-only GPUs: it runs on the whole pool
+            prefill = 0 if policy == "dedicated" else args.prefill_gpus
+            run = dataclasses.replace(config, scheduling=policy, prefill_gpus=prefill)
+            summaries[policy] = simulate(workload, run).summary()
+        if args.plot:
+            _plot(workload, config, policies, args)
     except SimError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -98,19 +111,22 @@ def sim(args: argparse.Namespace) -> int:
         print(json.dumps(summary) if args.json else _text(summary))
         return 0
     ratios = _ratios(summaries["token"], summaries["request"])
+    vs_dedicated = _ratios(summaries["token"], summaries["dedicated"])
     if args.json:
-        print(json.dumps({**summaries, "ratios": ratios}))
+        print(json.dumps({**summaries, "ratios": ratios, "ratios_vs_dedicated": vs_dedicated}))
     else:
-        print(
-            "\n".join(
-                [
-                    _text(summaries["token"]),
-                    _text(summaries["request"]),
-                    f"token/request: {ratios}",
-                ]
-            )
-        )
+        texts = [_text(summaries[p]) for p in policies]
+        print("\n".join([*texts, f"token/request: {ratios}", f"token/dedicated: {vs_dedicated}"]))
     return 0
+
+
+def _plot(workload, config, policies, args) -> None:
+    from services.sim.plots import attainment_plot
+    from services.sim.sweep import attainment_by_models
+
+    curves = attainment_by_models(workload, config, policies, args.plot_points)
+    title = f"{workload.name} on {config.gpus} x {config.gpu_profile}"
+    attainment_plot(curves, args.plot, title)
 
 
 def _ratios(token: dict, request: dict) -> dict:

@@ -37,6 +37,10 @@ TYPICAL_CONTEXT_TOKENS = 1000
 """Context per sequence used to fold the per-sequence decode cost into the policy's
 per-context-token prior (mean prompt ~680 plus output so far)."""
 
+POLICIES = ("token", "request", "dedicated")
+"""token: turns with SLO quotas; request: one model at a time per GPU, LRU weights (the
+policy's two schedulings); dedicated: one model per GPU (services/sim/dedicated.py)."""
+
 SLOTS_PER_GPU = 256
 """The policy's max_running_per_worker for a simulated GPU."""
 
@@ -73,8 +77,8 @@ class SimConfig:
             raise SimError(
                 f"prefill_gpus must be >= 0 and leave at least one of the {self.gpus} GPUs to decode, got {self.prefill_gpus}"
             )
-        if self.scheduling not in ("token", "request"):
-            raise SimError(f"policy {self.scheduling!r} is not one of token, request")
+        if self.scheduling not in POLICIES:
+            raise SimError(f"policy {self.scheduling!r} is not one of {', '.join(POLICIES)}")
         if not self.ttft_s > 0 or not self.tbt_s > 0:
             raise SimError(f"ttft ({self.ttft_s}) and tbt ({self.tbt_s}) must be positive seconds")
         if self.bus_delay_s < 0 or self.tick_interval_s <= 0 or self.drain_s < 0:
@@ -103,6 +107,10 @@ class SimResult:
     simulated_s: float
     wall_s: float
     events: int
+    policy: str | None = None
+    """The policy's name when it is not config.scheduling's (dedicated)."""
+    gpu_seconds: float | None = None
+    """GPU time the run spans; None: gpus x simulated_s."""
 
     def slo(self, record: RequestRecord) -> RequestSlo:
         times = record.token_times if record.finished else []
@@ -124,11 +132,12 @@ class SimResult:
             turns.update(w.stats.turns)
         anomalies = [a for w in self.workers for a in w.stats.anomalies]
         busy = sum(w.stats.busy_s for w in self.workers)
+        gpu_seconds = self.gpu_seconds if self.gpu_seconds is not None else self.simulated_s * c.gpus
         return {
-            "policy": c.scheduling,
+            "policy": self.policy or c.scheduling,
             "gpus": c.gpus,
             "prefill_gpus": c.prefill_gpus,
-            "gpu_profile": self.workers[0].cost.gpu.name,
+            "gpu_profile": self.workers[0].cost.gpu.name if self.workers else c.gpu_profile,
             "workload": self.workload.name,
             "models": len(self.workload.models),
             "requests": len(self.records),
@@ -149,7 +158,7 @@ class SimResult:
             "weight_copies": sum(w.device.copies for w in self.workers),
             "turns": dict(sorted(turns.items())),
             "preemptions": sum(w.stats.preemptions for w in self.workers),
-            "gpu_busy_fraction": _round(busy / (self.simulated_s * c.gpus)) if self.simulated_s > 0 else None,
+            "gpu_busy_fraction": _round(busy / gpu_seconds) if gpu_seconds > 0 else None,
             "simulated_s": _round(self.simulated_s),
             "wall_s": _round(self.wall_s),
             "events": self.events,
@@ -187,6 +196,8 @@ class Simulation:
         self.loop = EventLoop()
         self.cost = cost or CostModel.for_models(config.gpu_profile, workload.architectures)
         models = workload.models
+        if config.scheduling not in ("token", "request"):
+            raise SimError(f"Simulation runs the router's token or request scheduling, not {config.scheduling!r}")
         policy = config.policy or policy_config(self.cost, config.scheduling)
         policy = dataclasses.replace(policy, scheduling=config.scheduling, prefill_workers=config.prefill_gpus)
         slos = {m: (config.ttft_s, config.tbt_s) for m in models}
@@ -305,4 +316,8 @@ class Simulation:
 
 
 def simulate(workload: Workload, config: SimConfig, cost: CostModel | None = None) -> SimResult:
+    if config.scheduling == "dedicated":
+        from services.sim.dedicated import simulate_dedicated
+
+        return simulate_dedicated(workload, config, cost)
     return Simulation(workload, config, cost).run()

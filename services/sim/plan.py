@@ -1,0 +1,126 @@
+"""Capacity planning: the fewest GPUs with which each policy reaches a target attainment.
+
+    plans = plan(workload, target=0.9, base=SimConfig(gpu_profile="H100"))
+    plans["token"].gpus, plans["token"].models_per_gpu, plans["token"].attainment
+
+token and request: the pool's size is searched by bisection on [1, models] (doubling past it
+while the target is missed), each probe a full simulation. Attainment rises with the GPUs
+but not strictly (a different pool size shuffles placements), so bisection finds a pool
+that meets the target with one GPU fewer missing it, not a proof that no smaller pool would.
+dedicated: each model gets the fewest GPUs of its own with which its requests alone reach the
+target, so the pool meets it too (the mean of per-model attainments weighted by requests).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from services.sim.cost import CostModel
+from services.sim.dedicated import simulate_dedicated, simulate_model
+from services.sim.errors import SimError
+from services.sim.run import POLICIES, SimConfig, SimResult, simulate
+from services.sim.workload import Workload
+
+MAX_GPUS_PER_MODEL = 64
+"""Where the search gives up: a pool this many times the models' count still misses the target."""
+
+
+@dataclass
+class PolicyPlan:
+    policy: str
+    gpus: int | None
+    """Fewest GPUs found to reach the target; None when even the search's largest pool missed it."""
+    attainment: float | None
+    """The run at `gpus`."""
+    models: int
+    probes: dict[int, float] = field(default_factory=dict)
+    """GPUs -> attainment of every pool size simulated."""
+    summary: dict | None = None
+    """The run at `gpus` (SimResult.summary())."""
+
+    @property
+    def models_per_gpu(self) -> float | None:
+        return round(self.models / self.gpus, 3) if self.gpus else None
+
+    def as_dict(self) -> dict:
+        return {
+            "gpus": self.gpus,
+            "models_per_gpu": self.models_per_gpu,
+            "attainment": self.attainment,
+            "probes": {str(g): a for g, a in sorted(self.probes.items())},
+        }
+
+
+def plan(
+    workload: Workload,
+    target: float = 0.9,
+    base: SimConfig | None = None,
+    policies: Iterable[str] = POLICIES,
+    cost: CostModel | None = None,
+    progress: Callable[[str, int, float], None] | None = None,
+) -> dict[str, PolicyPlan]:
+    if not 0 < target <= 1:
+        raise SimError(f"target attainment must be in (0, 1], got {target}")
+    base = base or SimConfig()
+    cost = cost or CostModel.for_models(base.gpu_profile, workload.architectures)
+    plans = {}
+    for policy in policies:
+        if policy not in POLICIES:
+            raise SimError(f"policy {policy!r} is not one of {', '.join(POLICIES)}")
+        search = _plan_dedicated if policy == "dedicated" else _plan_pooled
+        plans[policy] = search(workload, target, dataclasses.replace(base, scheduling=policy), cost, progress)
+    return plans
+
+
+def _attainment(result: SimResult) -> float:
+    return result.summary()["attainment"] or 0.0
+
+
+def _plan_pooled(workload, target, config, cost, progress) -> PolicyPlan:
+    models = len(workload.models)
+    plan = PolicyPlan(config.scheduling, None, None, models)
+    runs: dict[int, SimResult] = {}
+
+    def probe(gpus: int) -> bool:
+        if gpus not in runs:
+            runs[gpus] = simulate(workload, dataclasses.replace(config, gpus=gpus), cost)
+            plan.probes[gpus] = _attainment(runs[gpus])
+            if progress:
+                progress(config.scheduling, gpus, plan.probes[gpus])
+        return plan.probes[gpus] >= target
+
+    low = config.prefill_gpus + 1
+    high = max(models, low)
+    while not probe(high):
+        if high >= MAX_GPUS_PER_MODEL * models:
+            return plan
+        low, high = high + 1, high * 2
+    while low < high:
+        mid = (low + high) // 2
+        if probe(mid):
+            high = mid
+        else:
+            low = mid + 1
+    plan.gpus, plan.attainment = high, plan.probes[high]
+    plan.summary = runs[high].summary()
+    return plan
+
+
+def _plan_dedicated(workload, target, config, cost, progress) -> PolicyPlan:
+    allocation = {}
+    for model in workload.models:
+        gpus = 1
+        while _attainment(simulate_model(workload, model, gpus, config, cost)) < target:
+            gpus += 1
+            if gpus > MAX_GPUS_PER_MODEL:
+                return PolicyPlan("dedicated", None, None, len(workload.models))
+        allocation[model] = gpus
+    result = simulate_dedicated(workload, config, cost, allocation)
+    total = sum(allocation.values())
+    if progress:
+        progress("dedicated", total, _attainment(result))
+    plan = PolicyPlan("dedicated", total, _attainment(result), len(workload.models), {total: _attainment(result)})
+    plan.summary = result.summary()
+    return plan
