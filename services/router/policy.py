@@ -39,14 +39,7 @@ from services.router.turns.estimates import Priors, WorkerEstimates
 from services.router.turns.held import Held
 from services.router.turns.schedule import WorkerSchedule
 from services.router.views import TrackedRequest, WorkerView
-from shared.protocol import (
-    GenerateRequest,
-    ModelLoad,
-    RouterState,
-    TokenChunk,
-    TurnReport,
-    WorkerState,
-)
+from shared.protocol import GenerateRequest, ModelLoad, RouterState, TokenChunk, TurnReport, WorkerState
 
 DEFAULT_SLO = (10.0, 0.1)
 """(TTFT, TBT) seconds of a model the catalog gives no SLO class."""
@@ -91,9 +84,7 @@ class RouterPolicy:
         self._arrivals[model] += 1
         tracked = TrackedRequest(request, accepted_at=now)
         holder = self._reported_holder(rid, now)
-        if (
-            holder is not None
-        ):  # a worker already runs it (the router restarted): adopt, do not run it twice
+        if holder is not None:  # a worker already runs it (the router restarted): adopt, do not run it twice
             self._requests[rid] = tracked
             self._place(tracked, holder, adopted=True)
             holder.foreign = max(0, holder.foreign - 1)
@@ -103,9 +94,7 @@ class RouterPolicy:
         queue = self._queues[model]
         worker = None if queue else self._pick(model, now, fresh=True)
         if worker is None and len(queue) >= self.config.max_queue_per_model:
-            return self._reject(
-                request, queue_full(model, self.config.max_queue_per_model), 0
-            )
+            return self._reject(request, queue_full(model, self.config.max_queue_per_model), 0)
         self._requests[rid] = tracked
         if worker is None:
             queue.append(rid)
@@ -117,9 +106,7 @@ class RouterPolicy:
         if view is not None and view.is_stale(state):
             return []
         restarted = view is not None and view.is_restart(state)
-        before = (
-            view.reported_running if view is not None and not restarted else frozenset()
-        )
+        before = view.reported_running if view is not None and not restarted else frozenset()
         if view is None or restarted:
             self._schedules.pop(state.worker_id, None)
         if view is None:
@@ -128,11 +115,7 @@ class RouterPolicy:
             view.apply(state, now)
         schedule = self._schedule(view.worker_id)
         turn = schedule.turn
-        if (
-            turn is not None
-            and view.turn_id != turn.turn_id
-            and now - schedule.turn_sent_at > self.config.turn_lost_after_s
-        ):
+        if turn is not None and view.turn_id != turn.turn_id and now - schedule.turn_sent_at > self.config.turn_lost_after_s:
             schedule.forget_turn()
         for model in view.serving:
             self._last_served[model] = now
@@ -147,9 +130,7 @@ class RouterPolicy:
                 self._place(tracked, view, adopted=True)
             elif rid not in view.assigned:
                 view.foreign += tracked is not None
-                if (
-                    rid not in before
-                ):  # another worker holds it, or it is over: stop this copy once
+                if rid not in before:  # another worker holds it, or it is over: stop this copy once
                     decisions.append(Cancel(view.worker_id, rid))
         lost = []
         for rid in view.assigned:
@@ -157,9 +138,7 @@ class RouterPolicy:
             if rid in view.reported_running:
                 tracked.misses = 0
             else:
-                tracked.misses = (
-                    self.config.lost_after_reports if restarted else tracked.misses + 1
-                )
+                tracked.misses = self.config.lost_after_reports if restarted else tracked.misses + 1
                 if tracked.misses >= self.config.lost_after_reports:
                     lost.append(rid)
         self._requeue(lost)
@@ -173,26 +152,17 @@ class RouterPolicy:
         # so a resumed request continues what the client saw.
         tracked.record(chunk)
         if chunk.finish_reason is None and chunk.error is None:
-            if tracked.worker_id is not None and chunk.worker_id in (
-                "",
-                tracked.worker_id,
-            ):
+            if tracked.worker_id is not None and chunk.worker_id in ("", tracked.worker_id):
                 produced_here = tracked.prefix - tracked.resumed
-                self._schedules[tracked.worker_id].progress(
-                    chunk.request_id, produced_here
-                )
+                self._schedules[tracked.worker_id].progress(chunk.request_id, produced_here)
                 if self.config.prefill_workers and not self.config.kv_handoff:
-                    return self._hand_over(
-                        [tracked], now
-                    )  # (with kv_handoff the worker hands it over after its turn)
+                    return self._hand_over([tracked], now)  # (with kv_handoff the worker hands it over after its turn)
             return []
         holder = tracked.worker_id
         self._finish(chunk.request_id)
         decisions: list[Decision] = [Done(chunk.request_id)]
         if holder is not None and chunk.worker_id and chunk.worker_id != holder:
-            decisions.insert(
-                0, Cancel(holder, chunk.request_id)
-            )  # the client already got its answer
+            decisions.insert(0, Cancel(holder, chunk.request_id))  # the client already got its answer
         return decisions + self._dispatch(now)
 
     def on_turn_report(self, report: TurnReport, now: float) -> list[Decision]:
@@ -203,23 +173,15 @@ class RouterPolicy:
         schedule.on_report(report, view)
         decisions = self._handed_off(report, now)
         moved = set(report.handed_off)
-        prefilled = [
-            self._requests[r]
-            for r in report.prefilled
-            if r in self._requests and r not in moved
-        ]
+        prefilled = [self._requests[r] for r in report.prefilled if r in self._requests and r not in moved]
         prefilled = [t for t in prefilled if t.worker_id == report.worker_id]
-        return decisions + (
-            self._hand_over(prefilled, now, after_report=True) or self._drive(now)
-        )
+        return decisions + (self._hand_over(prefilled, now, after_report=True) or self._drive(now))
 
     def cancel(self, request_id: str, now: float) -> list[Decision]:
         tracked = self._requests.get(request_id)
         if tracked is None:
             if request_id not in self._finished:
-                self._remember_finished(
-                    request_id
-                )  # cancelled before it arrived: never run it
+                self._remember_finished(request_id)  # cancelled before it arrived: never run it
             return []
         holder = tracked.worker_id
         self._finish(request_id)
@@ -228,11 +190,7 @@ class RouterPolicy:
         return [Cancel(holder, request_id), Done(request_id)] + self._dispatch(now)
 
     def tick(self, now: float) -> list[Decision]:
-        for view in [
-            v
-            for v in self._workers.values()
-            if not v.is_live(now, self.config.worker_timeout_s)
-        ]:
+        for view in [v for v in self._workers.values() if not v.is_live(now, self.config.worker_timeout_s)]:
             self._requeue(list(view.assigned))
             del self._workers[view.worker_id]
             self._schedules.pop(view.worker_id, None)
@@ -241,20 +199,15 @@ class RouterPolicy:
             if queue and not self._served(model, now) and self._grace_over(model, now):
                 for rid in list(queue):
                     tracked = self._requests[rid]
-                    decisions += self._reject(
-                        tracked.request, no_worker(model), len(tracked.produced())
-                    )
+                    decisions += self._reject(tracked.request, no_worker(model), len(tracked.produced()))
         return decisions + self._dispatch(now)
 
     def snapshot(self, now: float) -> RouterState:
         """Loads per catalog model; `arrivals` counts requests for catalog models since start
         (including those answered 429/503: they are demand too); `pending` is queued requests."""
-        running = Counter(
-            t.model for t in self._requests.values() if t.worker_id is not None
-        )
+        running = Counter(t.model for t in self._requests.values() if t.worker_id is not None)
         loads = tuple(
-            ModelLoad(m, len(self._queues[m]), running[m], self._arrivals[m])
-            for m in self._models
+            ModelLoad(m, len(self._queues[m]), running[m], self._arrivals[m]) for m in self._models
         )
         live = self._live(now)
         return RouterState(
@@ -277,11 +230,7 @@ class RouterPolicy:
     # ---- internals ------------------------------------------------------------------
 
     def _live(self, now: float) -> list[WorkerView]:
-        return [
-            v
-            for v in self._workers.values()
-            if v.is_live(now, self.config.worker_timeout_s)
-        ]
+        return [v for v in self._workers.values() if v.is_live(now, self.config.worker_timeout_s)]
 
     def _served(self, model: str, now: float) -> bool:
         return any(model in v.serving for v in self._live(now))
@@ -311,18 +260,10 @@ class RouterPolicy:
         live = prefill if fresh else decode
         for view in live:
             schedule = self._schedules.get(view.worker_id)
-            waiting = (
-                0
-                if schedule is None
-                else sum(
-                    1
-                    for h in schedule.held.values()
-                    if h.model == model and not h.prefilled
-                )
+            waiting = 0 if schedule is None else sum(
+                1 for h in schedule.held.values() if h.model == model and not h.prefilled
             )
-            if 0 < waiting % self.config.max_prefill_group and scoring.can_take(
-                view, model, self.config
-            ):
+            if 0 < waiting % self.config.max_prefill_group and scoring.can_take(view, model, self.config):
                 return view
         return self._home(live, model)
 
@@ -350,9 +291,7 @@ class RouterPolicy:
 
     def _holds(self, worker_id: str, model: str) -> bool:
         schedule = self._schedules.get(worker_id)
-        return schedule is not None and any(
-            h.model == model for h in schedule.held.values()
-        )
+        return schedule is not None and any(h.model == model for h in schedule.held.values())
 
     def _demand(self, view: WorkerView) -> tuple[float, int]:
         """(the share of the worker's time its held models need to keep their TBT, how many
@@ -365,12 +304,7 @@ class RouterPolicy:
         share = 0.0
         for model in models:
             tbt_s = self._slos.get(model, DEFAULT_SLO)[1]
-            share += (
-                schedule.estimates.decode_step_s(
-                    model, view.weight_bytes.get(model, 0), 0
-                )
-                / tbt_s
-            )
+            share += schedule.estimates.decode_step_s(model, view.weight_bytes.get(model, 0), 0) / tbt_s
         return round(share, 3), len(models)
 
     def _handed_off(self, report: TurnReport, now: float) -> list[Decision]:
@@ -391,9 +325,7 @@ class RouterPolicy:
                 decisions.append(self._assign(tracked, target))
         return decisions
 
-    def _hand_over(
-        self, prefilled: list[TrackedRequest], now: float, after_report: bool = False
-    ) -> list[Decision]:
+    def _hand_over(self, prefilled: list[TrackedRequest], now: float, after_report: bool = False) -> list[Decision]:
         """Disaggregated mode: a request that got its first token on a prefill worker moves to
         a decode worker, which re-prefills prompt + tokens (recompute). With kv_handoff this is
         only the fallback for requests the prefill worker did not hand off."""
@@ -412,10 +344,7 @@ class RouterPolicy:
                 continue  # no decode worker has room: it decodes where it is
             holder = tracked.worker_id
             self._workers_assigned_discard(tracked)
-            decisions += [
-                Cancel(holder, tracked.request.id),
-                self._assign(tracked, target),
-            ]
+            decisions += [Cancel(holder, tracked.request.id), self._assign(tracked, target)]
         return decisions + self._drive(now) if decisions else []
 
     def _schedule(self, worker_id: str) -> WorkerSchedule:
@@ -429,18 +358,11 @@ class RouterPolicy:
                 p.decode_s_per_context_token,
                 p.prefill_s_per_token,
             )
-            schedule = WorkerSchedule(
-                worker_id,
-                self.config,
-                WorkerEstimates(priors),
-                lambda: next(self._turn_ids),
-            )
+            schedule = WorkerSchedule(worker_id, self.config, WorkerEstimates(priors), lambda: next(self._turn_ids))
             self._schedules[worker_id] = schedule
         return schedule
 
-    def _place(
-        self, tracked: TrackedRequest, view: WorkerView, adopted: bool = False
-    ) -> None:
+    def _place(self, tracked: TrackedRequest, view: WorkerView, adopted: bool = False) -> None:
         tracked.worker_id = view.worker_id
         tracked.misses = 0
         view.assigned.add(tracked.request.id)
@@ -465,9 +387,7 @@ class RouterPolicy:
         """Gives each idle live worker its next turn and replaces turns that must give way."""
         decisions: list[Decision] = []
         prefill, decode = self._roles(now)
-        prefill_only = (
-            {v.worker_id for v in prefill} if prefill is not decode else set()
-        )
+        prefill_only = {v.worker_id for v in prefill} if prefill is not decode else set()
         for view in self._live(now):
             schedule = self._schedules.get(view.worker_id)
             if schedule is None:
@@ -480,10 +400,7 @@ class RouterPolicy:
         return decisions
 
     def _assign(self, tracked: TrackedRequest, view: WorkerView) -> Assign:
-        entry, tracked.kv_handoff = (
-            tracked.kv_handoff,
-            "",
-        )  # one try: a later move recomputes
+        entry, tracked.kv_handoff = tracked.kv_handoff, ""  # one try: a later move recomputes
         self._place(tracked, view, adopted=bool(entry))
         return Assign(view.worker_id, tracked.request, tracked.produced(), entry)
 
@@ -514,9 +431,7 @@ class RouterPolicy:
             tracked.worker_id = None
             queue = self._queues[tracked.model]
             queue.append(rid)
-            self._queues[tracked.model] = deque(
-                sorted(queue, key=lambda r: self._requests[r].accepted_at)
-            )
+            self._queues[tracked.model] = deque(sorted(queue, key=lambda r: self._requests[r].accepted_at))
 
     def _workers_assigned_discard(self, tracked: TrackedRequest) -> None:
         view = self._workers.get(tracked.worker_id) if tracked.worker_id else None

@@ -7,16 +7,7 @@ import pytest
 from services.router.decisions import Assign, Cancel
 from services.router.slo.quota import TurnInput, decode_quotas
 
-from .turn_builders import (
-    GB,
-    end_turn,
-    make_policy,
-    report,
-    request,
-    tokens,
-    turns,
-    worker_state,
-)
+from .turn_builders import GB, end_turn, make_policy, report, request, tokens, turns, worker_state
 
 
 def start(policy, rid, model, now, max_tokens=50):
@@ -63,21 +54,14 @@ def test_a_request_on_an_idle_worker_gets_one_unbounded_turn_that_prefills_and_d
     p = make_policy()
     p.on_worker_state(worker_state(), 0.0)
     [t1] = start(p, "r1", "a", 0.1)
-    assert (t1.model, t1.request_ids, t1.until_prefilled, t1.quota_s) == (
-        "a",
-        ("r1",),
-        False,
-        math.inf,
-    )
+    assert (t1.model, t1.request_ids, t1.until_prefilled, t1.quota_s) == ("a", ("r1",), False, math.inf)
 
 
 def test_a_lone_model_never_switches():
     p = make_policy()
     p.on_worker_state(worker_state(), 0.0)
     sent = start(p, "r1", "a", 0.1)
-    assert (
-        sent[0].admit_new and start(p, "r2", "a", 0.3) == []
-    )  # r2 joins the unbounded turn at the worker
+    assert sent[0].admit_new and start(p, "r2", "a", 0.3) == []  # r2 joins the unbounded turn at the worker
     p.on_tokens(tokens("r2", 0, (7,), "w1"), 0.35)
     assert start(p, "r3", "a", 0.4) == []
     assert [t.model for t in sent] == ["a"]
@@ -111,25 +95,16 @@ def test_quotas_follow_the_formula_with_learned_step_and_switch_times():
     step = {"a": 0.02, "b": 0.05}
     for _ in range(12):  # the workers' reports teach the estimators
         now += turn.quota_s
-        [turn] = serve(
-            p, turn, now, decode_steps=10, decode_s=10 * step[turn.model], switch_s=0.3
-        )
+        [turn] = serve(p, turn, now, decode_steps=10, decode_s=10 * step[turn.model], switch_s=0.3)
     estimates, schedule = p.schedule_of("w1").estimates, p.schedule_of("w1")
     # a round is planned when it starts: the next full round reflects the estimates
     quotas = {}
     for _ in range(4):
         quotas[turn.model] = turn.quota_s
         now += turn.quota_s
-        [turn] = serve(
-            p, turn, now, decode_steps=10, decode_s=10 * step[turn.model], switch_s=0.3
-        )
+        [turn] = serve(p, turn, now, decode_steps=10, decode_s=10 * step[turn.model], switch_s=0.3)
     inputs = [
-        TurnInput(
-            m,
-            estimates.decode_step_s(m, GB, schedule.held[f"{m}0"].context),
-            estimates.switch_s(GB),
-            0.1,
-        )
+        TurnInput(m, estimates.decode_step_s(m, GB, schedule.held[f"{m}0"].context), estimates.switch_s(GB), 0.1)
         for m in ("a", "b")
     ]
     assert quotas == pytest.approx(decode_quotas(inputs, 4.0), rel=0.1)
@@ -148,9 +123,7 @@ def test_a_batch_that_outgrows_the_kv_cache_is_split_and_parks_the_other_half():
         assert math.isfinite(turn.quota_s)
         now += turn.quota_s
         [turn] = serve(p, turn, now, total=5)
-        assert turn.park and set(turn.park) <= set(
-            batches[-1]
-        )  # the batch that ran leaves room
+        assert turn.park and set(turn.park) <= set(batches[-1])  # the batch that ran leaves room
     assert batches[0] == batches[2] and batches[1] == batches[3]
     assert sorted(batches[0] + batches[1]) == ["a0", "a1", "a2", "a3"]
     # 3 prompt + a few tokens + a page of growth = 2 pages each: two requests per batch
@@ -173,26 +146,17 @@ def test_a_newcomer_joins_its_models_next_turn_without_an_extra_switch():
     p, turn, now = settled(("a", "b"))
     running = turn.model
     other = "b" if running == "a" else "a"
-    assert (
-        start(p, f"{other}-new", other, now) == []
-    )  # 10 s of TTFT: no need to interrupt
+    assert start(p, f"{other}-new", other, now) == []  # 10 s of TTFT: no need to interrupt
     now += turn.quota_s
     [turn] = serve(p, turn, now)
-    assert (
-        turn.model == other
-        and f"{other}-new" in turn.request_ids
-        and not turn.until_prefilled
-    )
+    assert turn.model == other and f"{other}-new" in turn.request_ids and not turn.until_prefilled
 
 
 def test_a_newcomer_of_the_running_model_joins_the_running_turn():
     p, turn, now = settled(("a", "b"))
     [extended] = start(p, f"{turn.model}-new", turn.model, now + 0.01)
     assert extended.model == turn.model
-    assert (
-        set(turn.request_ids) < set(extended.request_ids)
-        and extended.quota_s <= turn.quota_s + 0.1
-    )
+    assert set(turn.request_ids) < set(extended.request_ids) and extended.quota_s <= turn.quota_s + 0.1
 
 
 def test_a_newcomer_whose_ttft_cannot_wait_for_its_turn_brings_its_models_turn_forward():
@@ -201,11 +165,7 @@ def test_a_newcomer_whose_ttft_cannot_wait_for_its_turn_brings_its_models_turn_f
     p._slos[other] = (0.05, 0.1)  # must start within 50 ms
     [urgent] = start(p, "hurry", other, now + 0.001)
     # one switch, not two: the newcomer prefills and its model's batch decodes in the same turn
-    assert (urgent.model, urgent.request_ids, urgent.until_prefilled) == (
-        other,
-        ("hurry", f"{other}0"),
-        False,
-    )
+    assert (urgent.model, urgent.request_ids, urgent.until_prefilled) == (other, ("hurry", f"{other}0"), False)
     assert 0 < urgent.quota_s <= 4.0
     # that was the model's turn of the round: the next turn goes to the model that waited
     [following] = serve(p, urgent, now + 0.001 + urgent.quota_s)
@@ -220,12 +180,7 @@ def test_an_arrival_for_another_model_replaces_an_unbounded_turn():
     [t2] = start(p, "b1", "b", 0.3)
     assert t2.model == "b" and "b1" in t2.request_ids and math.isfinite(t2.quota_s)
     # the worker reports the replaced turn first: nothing new is sent for it
-    assert (
-        turns(
-            p.on_turn_report(report(t1, "replaced", decode_steps=4, decode_s=0.1), 0.31)
-        )
-        == []
-    )
+    assert turns(p.on_turn_report(report(t1, "replaced", decode_steps=4, decode_s=0.1), 0.31)) == []
     [t3] = serve(p, t2, 0.5)
     assert t3.model == "a" and math.isfinite(t3.quota_s)
 
@@ -234,16 +189,9 @@ def test_request_level_runs_one_model_until_its_requests_finish():
     p = make_policy(scheduling="request")
     p.on_worker_state(worker_state(), 0.0)
     [t1] = start(p, "a1", "a", 0.1)
-    assert (t1.model, t1.request_ids, t1.until_prefilled, t1.quota_s) == (
-        "a",
-        ("a1",),
-        False,
-        math.inf,
-    )
+    assert (t1.model, t1.request_ids, t1.until_prefilled, t1.quota_s) == ("a", ("a1",), False, math.inf)
     assert start(p, "b1", "b", 0.2) == []  # b waits for a's requests
-    assert (
-        t1.admit_new and start(p, "a2", "a", 0.3) == []
-    )  # a's newcomer joins the running turn at the worker
+    assert t1.admit_new and start(p, "a2", "a", 0.3) == []  # a's newcomer joins the running turn at the worker
     p.on_tokens(tokens("a1", 0, (1,), "w1", finish="stop"), 0.4)
     p.on_tokens(tokens("a2", 0, (1,), "w1", finish="stop"), 0.4)
     [t3] = turns(p.on_turn_report(report(t1, "done"), 0.41))
@@ -254,9 +202,7 @@ def test_a_lost_turn_is_planned_again():
     p = make_policy()
     p.on_worker_state(worker_state(), 0.0)
     [t1] = start(p, "r1", "a", 0.1)
-    assert (
-        turns(p.on_worker_state(worker_state(seq=2, turn_id=0), 1.0)) == []
-    )  # may still be on its way
+    assert turns(p.on_worker_state(worker_state(seq=2, turn_id=0), 1.0)) == []  # may still be on its way
     [again] = turns(p.on_worker_state(worker_state(seq=3, turn_id=0), 2.0))
     assert again.request_ids == ("r1",) and again.turn_id != t1.turn_id
 
@@ -282,10 +228,7 @@ def test_disaggregated_mode_prefills_on_one_worker_and_decodes_on_another():
     moved = p.on_tokens(tokens("r1", 0, (7,), "w0"), 0.2)
     assert Cancel("w0", "r1") in moved
     [assign] = [d for d in moved if isinstance(d, Assign)]
-    assert (assign.worker_id, assign.resume_token_ids) == (
-        "w1",
-        (7,),
-    )  # recompute from prompt + token
+    assert (assign.worker_id, assign.resume_token_ids) == ("w1", (7,))  # recompute from prompt + token
     [t2] = turns(moved)
     assert (t2.model, t2.request_ids) == ("a", ("r1",)) and p.holder("r1") == "w1"
 
@@ -303,26 +246,14 @@ def test_kv_handoff_moves_a_prefilled_request_with_its_kv_entry_instead_of_recom
     p.on_worker_state(worker_state("w1"), 0.0)
     [t1] = turns(p.submit(request("r1", "a"), 0.1))
     assert t1.until_prefilled and t1.hand_off
-    assert (
-        p.on_tokens(tokens("r1", 0, (7,), "w0"), 0.2) == []
-    )  # the worker hands it over after its turn
-    moved = p.on_turn_report(
-        report(t1, "prefilled", "w0", prefilled=("r1",), handed_off=("r1",)), 0.21
-    )
+    assert p.on_tokens(tokens("r1", 0, (7,), "w0"), 0.2) == []  # the worker hands it over after its turn
+    moved = p.on_turn_report(report(t1, "prefilled", "w0", prefilled=("r1",), handed_off=("r1",)), 0.21)
     [assign] = [d for d in moved if isinstance(d, Assign)]
-    assert (assign.worker_id, assign.resume_token_ids, assign.kv_handoff) == (
-        "w1",
-        (7,),
-        "r1",
-    )
-    assert not any(
-        isinstance(d, Cancel) for d in moved
-    )  # the prefill worker already let it go
+    assert (assign.worker_id, assign.resume_token_ids, assign.kv_handoff) == ("w1", (7,), "r1")
+    assert not any(isinstance(d, Cancel) for d in moved)  # the prefill worker already let it go
     [t2] = turns(moved)
     assert (t2.request_ids, t2.until_prefilled, t2.hand_off) == (("r1",), False, False)
-    assert (
-        p.schedule_of("w1").held["r1"].prefilled
-    )  # its KV arrives with it: it decodes at once
+    assert p.schedule_of("w1").held["r1"].prefilled  # its KV arrives with it: it decodes at once
 
 
 def test_kv_handoff_falls_back_to_recompute_for_a_request_the_prefill_worker_kept():
@@ -334,8 +265,4 @@ def test_kv_handoff_falls_back_to_recompute_for_a_request_the_prefill_worker_kep
     moved = p.on_turn_report(report(t1, "prefilled", "w0", prefilled=("r1",)), 0.21)
     assert Cancel("w0", "r1") in moved
     [assign] = [d for d in moved if isinstance(d, Assign)]
-    assert (assign.worker_id, assign.resume_token_ids, assign.kv_handoff) == (
-        "w1",
-        (7,),
-        "",
-    )
+    assert (assign.worker_id, assign.resume_token_ids, assign.kv_handoff) == ("w1", (7,), "")
