@@ -50,13 +50,24 @@ def tls_context(auth: env.NatsAuth) -> ssl.SSLContext | None:
     return context
 
 
-def _is_auth_refusal(e: Exception) -> bool:
+def refusal(e: Exception, servers: list[str], auth: env.NatsAuth) -> str | None:
+    """Why no retry can succeed, for an error of a first connection attempt; None for errors
+    worth retrying (no server up yet, a timeout)."""
+    where = ", ".join(servers)
     # nats-py reports the server's -ERR 'Authorization Violation' as a plain nats.errors.Error.
-    return isinstance(e, nats.errors.AuthorizationError) or "authorization violation" in str(e).lower()
+    if isinstance(e, nats.errors.AuthorizationError) or "authorization violation" in str(e).lower():
+        who = f"user {auth.user!r}" if auth.user else "these credentials" if (auth.creds or auth.nkey_seed) else "a client without credentials"
+        return (f"NATS at {where} refused {who} ({e}); check {env.NATS_USER}/{env.NATS_PASSWORD}, "
+                f"{env.NATS_CREDS} or {env.NATS_NKEY_SEED}")
+    if isinstance(e, ssl.SSLCertVerificationError):
+        return f"the TLS certificate of NATS at {where} is not trusted ({e.verify_message}); check {env.NATS_TLS_CA}"
+    if isinstance(e, ssl.SSLError):
+        return f"TLS with NATS at {where} failed ({e}); check {env.NATS_TLS_CA}, {env.NATS_TLS_CERT} and {env.NATS_TLS_KEY}"
+    return None
 
 
-class NatsAuthError(env.EnvError):
-    """The NATS server refused this service's credentials (or it offered none where they are needed)."""
+class NatsConnectError(env.EnvError):
+    """NATS refused this service's credentials or TLS settings: retrying cannot help."""
 
 
 async def connect(urls: str | list[str], name: str, auth: env.NatsAuth | None = None) -> Client:
@@ -64,7 +75,7 @@ async def connect(urls: str | list[str], name: str, auth: env.NatsAuth | None = 
     of them or to a node the cluster announces. `auth` defaults to the environment's (env.nats_auth).
 
     Until the first connection it retries as long as no server answers (compose starts services
-    before nats is up); a server that refuses the credentials ends it with NatsAuthError.
+    before nats is up); refused credentials or an untrusted certificate end it with NatsConnectError.
     """
     servers = split_servers(urls)
     auth = env.nats_auth() if auth is None else auth
@@ -78,8 +89,8 @@ async def connect(urls: str | list[str], name: str, auth: env.NatsAuth | None = 
         log.info("%s: reconnected to NATS at %s", name, nc.connected_url.netloc if nc.connected_url else "?")
 
     async def on_error(e):
-        if _is_auth_refusal(e) and not nc.is_connected and not refused.done():
-            refused.set_result(e)
+        if not nc.is_connected and not refused.done() and (reason := refusal(e, servers, auth)):
+            refused.set_result(reason)
         log.warning("%s: NATS error: %s", name, e)
 
     connecting = asyncio.ensure_future(
@@ -105,11 +116,7 @@ async def connect(urls: str | list[str], name: str, auth: env.NatsAuth | None = 
     connecting.cancel()
     await asyncio.gather(connecting, return_exceptions=True)
     await nc.close()
-    who = f"user {auth.user!r}" if auth.user else "these credentials" if (auth.creds or auth.nkey_seed) else "a client without credentials"
-    raise NatsAuthError(
-        f"NATS at {', '.join(servers)} refused {who} ({refused.result()}); check {env.NATS_USER}/{env.NATS_PASSWORD}, "
-        f"{env.NATS_CREDS} or {env.NATS_NKEY_SEED}"
-    )
+    raise NatsConnectError(refused.result())
 
 
 async def ensure_request_stream(nc: Client) -> None:

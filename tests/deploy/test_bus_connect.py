@@ -1,0 +1,124 @@
+"""How services connect to NATS: several URLs, user/password, nkey, TLS, from the environment."""
+
+import asyncio
+import os
+import shutil
+import subprocess
+
+import nkeys
+import pytest
+
+from shared import bus, env
+from shared.nats_server import free_port, nats_server_binary, wait_for_port
+
+from .conftest import auth_of, run_async
+
+
+def test_password_without_user_is_a_clear_error():
+    with pytest.raises(env.EnvError, match="TOKENPOOL_NATS_PASSWORD is set but TOKENPOOL_NATS_USER is not"):
+        env.nats_auth({env.NATS_PASSWORD: "secret"})
+
+
+def test_two_ways_of_authenticating_at_once_is_a_clear_error(tmp_path):
+    seed = tmp_path / "seed.nk"
+    seed.write_text("SU...")
+    with pytest.raises(env.EnvError, match="TOKENPOOL_NATS_USER and TOKENPOOL_NATS_NKEY_SEED are both set"):
+        env.nats_auth({env.NATS_USER: "gateway", env.NATS_PASSWORD: "x", env.NATS_NKEY_SEED: str(seed)})
+
+
+def test_a_missing_credentials_file_is_named(tmp_path):
+    missing = tmp_path / "gateway.creds"
+    with pytest.raises(env.EnvError, match=f"TOKENPOOL_NATS_CREDS='{missing}': no such file"):
+        env.nats_auth({env.NATS_CREDS: str(missing)})
+
+
+def test_a_client_certificate_needs_its_key(tmp_path):
+    cert = tmp_path / "client.pem"
+    cert.write_text("")
+    with pytest.raises(env.EnvError, match="TOKENPOOL_NATS_TLS_CERT is set but TOKENPOOL_NATS_TLS_KEY is not"):
+        env.nats_auth({env.NATS_TLS_CERT: str(cert)})
+
+
+@pytest.mark.parametrize("value", ["0", "7", "three"])
+def test_replicas_out_of_range_is_a_clear_error(value):
+    with pytest.raises(env.EnvError, match=f"TOKENPOOL_NATS_REPLICAS='{value}'"):
+        env.nats_replicas({env.NATS_REPLICAS: value})
+
+
+def test_server_urls_are_comma_separated_and_none_is_an_error():
+    assert bus.split_servers(" nats://a:4222, nats://b:4222 ,") == ["nats://a:4222", "nats://b:4222"]
+    with pytest.raises(env.EnvError, match="no NATS server URL given"):
+        bus.split_servers(" , ")
+
+
+def _roundtrip(url: str, auth: env.NatsAuth) -> bytes:
+    async def go():
+        nc = await bus.connect(url, "test", auth)
+        try:
+            sub = await nc.subscribe("tp.test")
+            await nc.publish("tp.test", b"hello")
+            return (await sub.next_msg(timeout=5)).data
+        finally:
+            await nc.close()
+
+    return run_async(asyncio.wait_for(go(), 20))
+
+
+def test_a_down_server_in_the_list_is_skipped(single_nats):
+    dead = f"nats://127.0.0.1:{free_port()}"
+    assert _roundtrip(f"{dead},{single_nats.url}", auth_of("admin")) == b"hello"
+
+
+def _server(tmp_path, config: str) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    (tmp_path / "server.conf").write_text(config)
+    log = open(tmp_path / "server.log", "ab")
+    process = subprocess.Popen([nats_server_binary(), "-c", str(tmp_path / "server.conf"), "-a", "127.0.0.1", "-p", str(port)],
+                               stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    assert wait_for_port("127.0.0.1", port, 10), (tmp_path / "server.log").read_text()
+    return process, port
+
+
+def _user_seed(path) -> str:
+    """Writes a new user nkey seed to `path`; returns its public key."""
+    seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+    path.write_bytes(seed)
+    return nkeys.from_seed(bytearray(seed)).public_key.decode()
+
+
+def test_nkey_seed_from_the_environment_authenticates(tmp_path):
+    public = _user_seed(tmp_path / "worker.nk")
+    _user_seed(tmp_path / "stranger.nk")
+    process, port = _server(tmp_path, f"authorization {{ users: [ {{ nkey: {public} }} ] }}\n")
+    try:
+        url = f"nats://127.0.0.1:{port}"
+        assert _roundtrip(url, env.nats_auth({env.NATS_NKEY_SEED: str(tmp_path / "worker.nk")})) == b"hello"
+        with pytest.raises(bus.NatsConnectError, match="refused these credentials"):
+            _roundtrip(url, env.nats_auth({env.NATS_NKEY_SEED: str(tmp_path / "stranger.nk")}))
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def _openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make certificates")
+def test_tls_with_the_ca_from_the_environment(tmp_path):
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=tokenpool test CA", cwd=tmp_path)
+    _openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1", cwd=tmp_path)
+    (tmp_path / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+             "-out", "server.pem", "-days", "2", "-extfile", "san.ext", cwd=tmp_path)
+    process, port = _server(tmp_path, f'tls {{ cert_file: "{tmp_path}/server.pem", key_file: "{tmp_path}/server.key" }}\n')
+    try:
+        url = f"tls://127.0.0.1:{port}"
+        assert _roundtrip(url, env.nats_auth({env.NATS_TLS_CA: str(tmp_path / "ca.pem")})) == b"hello"
+        with pytest.raises(bus.NatsConnectError, match="is not trusted .*; check TOKENPOOL_NATS_TLS_CA"):
+            _roundtrip(url, env.nats_auth({}))
+    finally:
+        process.terminate()
+        process.wait(10)
