@@ -74,6 +74,8 @@ async def connect(urls: str | list[str], name: str, auth: env.NatsAuth | None = 
     """Connects to one of `urls` (comma-separated or a list) and keeps reconnecting forever, to any
     of them or to a node the cluster announces. `auth` defaults to the environment's (env.nats_auth).
 
+    The URLs are tried in the order given, so a host can list its nearest node first.
+
     Until the first connection it retries as long as no server answers (compose starts services
     before nats is up); refused credentials or an untrusted certificate end it with NatsConnectError.
     """
@@ -101,6 +103,7 @@ async def connect(urls: str | list[str], name: str, auth: env.NatsAuth | None = 
             reconnect_time_wait=0.5,
             connect_timeout=2,
             allow_reconnect=True,
+            dont_randomize=True,
             disconnected_cb=on_disconnect,
             reconnected_cb=on_reconnect,
             error_cb=on_error,
