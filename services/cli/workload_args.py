@@ -54,9 +54,7 @@ def add_workload_arguments(p: argparse.ArgumentParser) -> None:
         help="multiply the arrival rate by X: paper CSV and Azure replay X times as fast (times / X); "
         "ServeGen: every window's rate times X; synthetic: the rate times X",
     )  # fmt: skip
-    g.add_argument(
-        "--duration", type=positive_float, metavar="S", help="synthetic: seconds of arrivals (default: 120)"
-    )
+    g.add_argument("--duration", type=positive_float, metavar="S", help="synthetic: seconds of arrivals (default: 120)")
     g.add_argument(
         "--window", type=window, metavar="START:DURATION",
         help="only this span, e.g. 20h:1h, 0:1d, 600:300, 30m: (to the end); units s, m, h, d (default s). "
@@ -82,7 +80,13 @@ APPLIES = {
     "dataset": {"servegen"},
     "seed": {"synthetic", "azure", "servegen"},
 }
-SOURCE_NAMES = {"paper": "a paper CSV", "azure": "an Azure trace", "servegen": "ServeGen", "synthetic": "synthetic"}
+SHORT_NAMES = {"azure": "Azure", "servegen": "ServeGen", "synthetic": "synthetic"}
+SOURCE_NAMES = {
+    "paper": "a paper CSV",
+    "azure": "an Azure trace",
+    "servegen": "a ServeGen folder",
+    "synthetic": "synthetic",
+}
 
 
 def workload_from_args(args: argparse.Namespace):
@@ -92,7 +96,7 @@ def workload_from_args(args: argparse.Namespace):
     source, path = workload_source(args.workload)
     for flag, sources in APPLIES.items():
         if getattr(args, flag, None) is not None and source not in sources:
-            names = " and ".join(SOURCE_NAMES[s] for s in sorted(sources))
+            names = " and ".join(SHORT_NAMES[s] for s in sorted(sources))
             raise SimError(
                 f"--{flag.replace('_', '-')} applies to {names} workloads, not to {SOURCE_NAMES[source]} ({args.workload})"
             )
@@ -169,7 +173,9 @@ def client_ids(text: str) -> list[int]:
     try:
         ids = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of client ids such as 61,142") from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of client ids such as 61,142"
+        ) from None
     if not ids or min(ids) < 0:
         raise argparse.ArgumentTypeError(f"{text!r}: client ids are whole numbers >= 0")
     return ids

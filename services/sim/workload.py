@@ -146,6 +146,11 @@ def check_window(window: tuple[float, float | None] | None) -> None:
         raise SimError(f"a window lasts more than 0 s, got {duration:g} s")
 
 
+def check_seed(seed: int) -> None:
+    if seed < 0:
+        raise SimError(f"the seed must be a whole number >= 0, got {seed}")
+
+
 def rate_factor(rate_scale: float | None, rate_rps: float | None, natural_rps: float, what: str) -> float:
     """How much faster than the source to run: `rate_scale` as given, or what makes the mean
     total rate `rate_rps` (never both)."""

@@ -24,6 +24,7 @@ from services.sim.errors import SimError
 from services.sim.workload import (
     Arrival,
     Workload,
+    check_seed,
     check_window,
     format_window,
     make_workload,
@@ -48,6 +49,7 @@ def load_azure(
     if models < 1:
         raise SimError(f"an Azure workload needs at least 1 model, got {models}")
     check_window(window)
+    check_seed(seed)
     times, inputs, outputs = read_trace(path)
     names = [f"model_{k:02d}" for k in range(models)]
     picks = np.random.default_rng(seed).choice(models, size=len(times), p=zipf_weights(models, zipf))
@@ -58,9 +60,7 @@ def load_azure(
         end = float("inf") if window[1] is None else start + window[1]
     keep = (times >= start) & (times < end)
     if not keep.any():
-        raise SimError(
-            f"{path}: no request in the window {format_window(window)}; the trace spans {times[-1]:.0f} s"
-        )
+        raise SimError(f"{path}: no request in the window {format_window(window)}; the trace spans {times[-1]:.0f} s")
     span = min(end, float(times[-1])) - start
     natural = int(keep.sum()) / span if span > 0 else 0.0
     factor = rate_factor(rate_scale, rate_rps, natural, f"{path} in that window")

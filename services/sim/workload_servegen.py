@@ -25,7 +25,16 @@ from pathlib import Path
 import numpy as np
 
 from services.sim.errors import SimError
-from services.sim.workload import Arrival, Workload, check_window, format_window, make_workload, rate_factor, size_mix
+from services.sim.workload import (
+    Arrival,
+    Workload,
+    check_seed,
+    check_window,
+    format_window,
+    make_workload,
+    rate_factor,
+    size_mix,
+)
 from services.sim.workload_files import require_dir
 from services.sim.workload_renewal import renewal_times
 from services.sim.workload_servegen_files import (
@@ -54,12 +63,14 @@ def load_servegen(
     """`clients`: the N busiest in the window, or these client ids. `window`: (start, duration or
     None for the rest of the trace) in trace seconds; None: the whole trace."""
     folder = require_dir(folder, "ServeGen folder")
+    check_seed(seed)
     check_window(window)
-    traces = _read_traces(folder, clients)
-    trace_start = min(float(t.starts[0]) for t in traces)
-    trace_end = max(float(t.ends[-1]) for t in traces)
-    start = trace_start if window is None else window[0]
-    end = trace_end if window is None or window[1] is None else start + window[1]
+    start, end = (None, None) if window is None else (window[0], None if window[1] is None else sum(window))
+    traces = _read_traces(folder, clients, start, end)
+    trace_start = min(t.span[0] for t in traces)
+    trace_end = max(t.span[1] for t in traces)
+    start = trace_start if start is None else start
+    end = trace_end if end is None else end
     if not start < trace_end or end > trace_end:
         raise SimError(
             f"the window {format_window((start, end - start))} does not lie within the trace "
@@ -106,7 +117,9 @@ def load_servegen(
     return make_workload(f"{name}-seed{seed}", arrivals, architectures or size_mix(names))
 
 
-def _read_traces(folder: Path, clients: int | Sequence[int]) -> list[ClientTrace]:
+def _read_traces(
+    folder: Path, clients: int | Sequence[int], start: float | None, end: float | None
+) -> list[ClientTrace]:
     files = trace_files(folder)
     if not files:
         raise SimError(f"ServeGen folder {folder} holds no chunk-<client>-trace.csv file")
@@ -122,7 +135,7 @@ def _read_traces(folder: Path, clients: int | Sequence[int]) -> list[ClientTrace
                 f"{folder} has no trace for client(s) {', '.join(map(str, unknown)) or '(none given)'}; "
                 f"it has clients {min(files)} to {max(files)} ({len(files)} in all)"
             )
-    return [read_client_trace(files[c], c) for c in chosen]
+    return [read_client_trace(files[c], c, start, end) for c in chosen]
 
 
 def _lengths_by_client(folder: Path, clients: list[int], dataset: Path | None) -> dict[int, list[Lengths]]:
@@ -147,10 +160,11 @@ def _client_requests(
     times, inputs, outputs = [np.empty(0)], [np.empty(0, np.int64)], [np.empty(0, np.int64)]
     first, last = np.searchsorted(trace.ends, start, side="right"), np.searchsorted(trace.starts, end, side="left")
     for w in range(first, last):
+        row = trace.first_row + w
         rate = trace.rates[w] * factor
         if rate <= 0:
             continue
-        rng = np.random.default_rng([seed, trace.client, w])
+        rng = np.random.default_rng([seed, trace.client, row])
         w_start, w_end = float(trace.starts[w]), float(trace.ends[w])
         t = w_start + renewal_times(rng, trace.distributions[w], float(trace.shapes[w]), rate, w_end - w_start)
         period = periods[max(0, int(np.searchsorted(period_starts, w_start, side="right")) - 1)]

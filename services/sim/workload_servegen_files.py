@@ -13,6 +13,7 @@ m-large); "{}" where the client sent nothing in that period.
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import re
@@ -33,7 +34,11 @@ MIN_PERIOD_REQUESTS = 100
 
 @dataclass(frozen=True)
 class ClientTrace:
+    """The windows of one client's trace that overlap the span asked for."""
+
     client: int
+    first_row: int
+    """Row index (from 0) of the first window here in the file."""
     starts: np.ndarray
     """Window starts (s), increasing; a window lasts to the next start (the last as long as the one before)."""
     ends: np.ndarray
@@ -42,6 +47,8 @@ class ClientTrace:
     distributions: list[str]
     """"" where the window has no request."""
     shapes: np.ndarray
+    span: tuple[float, float]
+    """Start of the file's first window, end of its last."""
 
     def mean_rate(self, start: float, end: float) -> float:
         """Mean requests/s over [start, end)."""
@@ -49,22 +56,48 @@ class ClientTrace:
         return float((overlap * self.rates).sum() / (end - start))
 
 
-def read_client_trace(path: Path, client: int) -> ClientTrace:
+def read_client_trace(path: Path, client: int, start: float | None = None, end: float | None = None) -> ClientTrace:
+    """The windows overlapping [start, end) (None: from the first, to the last); only those rows are
+    parsed (found by bisection on the window starts), which makes an hour of 162 clients' two-week
+    files quick to read."""
     lines = require_file(path, "ServeGen trace file").read_text().split()
-    rows = [line.split(",") for line in lines]
-    try:
-        columns = _columns(rows)
-    except (ValueError, SimError):
-        _find_bad_row(path, rows)
-        raise
-    starts, rates, distributions, shapes = columns
-    if not starts.size:
+    if not lines:
         raise SimError(f"ServeGen trace file {path} has no window")
+    key = _row_start(path)
+    if len(lines) > 1 and not key(lines[0]) < key(lines[-1]):
+        raise SimError(f"{path}: window_start_s does not increase from row 1 to row {len(lines)}")
+    first = 0 if start is None else max(0, bisect.bisect_right(lines, start, key=key) - 1)
+    last = len(lines) if end is None else max(first + 1, bisect.bisect_left(lines, end, key=key))
+    rows = [line.split(",") for line in lines[first : last + 1]]  # one more row: where the last window ends
+    try:
+        starts, rates, distributions, shapes = _columns(rows)
+    except (ValueError, SimError):
+        _find_bad_row(path, rows, first)
+        raise
     if starts.size > 1 and not (np.diff(starts) > 0).all():
-        raise SimError(f"{path}, row {int(np.argmin(np.diff(starts) > 0)) + 2}: window_start_s does not increase")
-    last_width = starts[-1] - starts[-2] if starts.size > 1 else 600.0
-    ends = np.append(starts[1:], starts[-1] + last_width)
-    return ClientTrace(client, starts, ends, rates, distributions, shapes)
+        raise SimError(
+            f"{path}, row {first + int(np.argmin(np.diff(starts) > 0)) + 2}: window_start_s does not increase"
+        )
+    trace_start = starts[0] if first == 0 else key(lines[0])
+    if last + 1 >= len(lines):  # the file's last window is here: it lasts as long as the one before
+        width = starts[-1] - starts[-2] if starts.size > 1 else 600.0
+        ends = np.append(starts[1:], starts[-1] + width)
+        trace_end = float(ends[-1])
+    else:
+        ends = starts[1:]
+        starts, rates, distributions, shapes = starts[:-1], rates[:-1], distributions[:-1], shapes[:-1]
+        trace_end = key(lines[-1]) + key(lines[-1]) - key(lines[-2])
+    return ClientTrace(client, first, starts, ends, rates, distributions, shapes, (float(trace_start), trace_end))
+
+
+def _row_start(path: Path):
+    def start_of(line: str) -> float:
+        try:
+            return float(line.split(",", 1)[0])
+        except ValueError:
+            raise SimError(f"{path}: window_start_s {line.split(',', 1)[0]!r} is not a number") from None
+
+    return start_of
 
 
 def _columns(rows: list[list[str]]) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray]:
@@ -85,9 +118,9 @@ def _columns(rows: list[list[str]]) -> tuple[np.ndarray, np.ndarray, list[str], 
     return starts, rates, distributions, shapes
 
 
-def _find_bad_row(path: Path, rows: list[list[str]]) -> None:
+def _find_bad_row(path: Path, rows: list[list[str]], first_row: int) -> None:
     """Raises the error that names the first bad row (the fast path only knows that one is bad)."""
-    for number, fields in enumerate(rows, 1):
+    for number, fields in enumerate(rows, first_row + 1):
         where = f"{path}, row {number}"
         if len(fields) != 6:
             raise SimError(

@@ -101,7 +101,10 @@ def test_bad_synthetic_settings_are_named(kwargs, problem):
     "text, problem",
     [
         ("Request Time,Model Name,Input Length,Output Length\n00:00:01,m0,abc,10\n", "line 2: Input Length 'abc'"),
-        ("Request Time,Model Name,Input Length,Output Length\n-1,m0,10,10\n", "line 2: Request Time '-1' is not a time"),
+        (
+            "Request Time,Model Name,Input Length,Output Length\n-1,m0,10,10\n",
+            "line 2: Request Time '-1' is not a time",
+        ),
         ("Request Time,Model Name\n1,m0\n", "lacks column(s) Input Length, Output Length"),
         ("", "is empty; expected the header"),
         ("Request Time,Model Name,Input Length,Output Length\n", "has no requests"),
