@@ -107,7 +107,8 @@ def otel_exporter(environ: Mapping[str, str] = os.environ) -> str:
 
 
 NATS_URL = "TOKENPOOL_NATS_URL"
-"""NATS server URL(s) every service connects to, comma-separated.
+"""NATS server URL(s) every service connects to, comma-separated: the nodes of a cluster, tried
+in the order given (list the nearest first); a service reconnects forever to any of them.
 
 Default: ``nats://127.0.0.1:4222``.
 """

@@ -32,9 +32,16 @@ async def until_stopped() -> None:
 def run_service(name: str, coro) -> None:
     """Runs the service's coroutine on uvloop when it is installed, with tracing set up around it.
 
-    A configuration error found while starting (env.EnvError, e.g. NATS refused the credentials)
-    ends the process with its message and exit status 2."""
-    setup_tracing(name)
+    A configuration error (env.EnvError: a bad NATS variable, credentials NATS refused) ends the
+    process with its message and exit status 2; the NATS variables are checked before anything runs."""
+    try:
+        env.nats_auth()
+        env.nats_replicas()
+        setup_tracing(name)
+    except env.EnvError as e:
+        print(f"error: {e}", file=sys.stderr)
+        coro.close()
+        raise SystemExit(2) from None
     try:
         try:
             import uvloop

@@ -4,6 +4,7 @@ import asyncio
 import os
 import shutil
 import subprocess
+import sys
 
 import nkeys
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from shared import bus, env
 from shared.nats_server import free_port, nats_server_binary, wait_for_port
 
+from .compose_file import REPO
 from .conftest import auth_of, run_async
 
 
@@ -122,3 +124,13 @@ def test_tls_with_the_ca_from_the_environment(tmp_path):
     finally:
         process.terminate()
         process.wait(10)
+
+
+@pytest.mark.parametrize("service", ["services.gateway", "services.router", "services.autoscaler", "services.gpu_worker"])
+def test_every_service_names_a_bad_nats_variable_and_exits_2(service, tmp_path):
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("TOKENPOOL_")} | {
+        "TOKENPOOL_NATS_REPLICAS": "9", "TOKENPOOL_NATS_URL": f"nats://127.0.0.1:{free_port()}"}
+    done = subprocess.run([sys.executable, "-m", service, "--catalog", str(REPO / "deploy" / "catalog.toml")],
+                          env=environ, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "error: TOKENPOOL_NATS_REPLICAS='9': use a number of replicas from 1 to 5" in done.stderr
