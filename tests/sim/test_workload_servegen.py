@@ -67,8 +67,9 @@ def test_clients_arrive_at_the_rates_their_files_state():
 @pytest.mark.parametrize("distribution, shape", [("Gamma", 0.05), ("Gamma", 4.0), ("Weibull", 0.3), ("Weibull", 2.0)])
 def test_a_window_gets_its_stated_rate_and_the_distribution_s_burstiness(distribution, shape):
     rng = np.random.default_rng(0)
-    counts = [len(renewal_times(rng, distribution, shape, 0.5, 600)) for _ in range(1000)]
-    assert np.mean(counts) == pytest.approx(300, rel=0.05)
+    counts = [len(renewal_times(rng, distribution, shape, 0.5, 600)) for _ in range(3000)]
+    # Counting from an arrival instead of a random instant would add ~(cv**2 - 1) / 2 per window: 3 % at cv 4.5.
+    assert np.mean(counts) == pytest.approx(300, rel=0.02)
     gaps = np.diff(renewal_times(rng, distribution, shape, 1.0, 400_000))
     if distribution == "Gamma":
         assert gaps.std() / gaps.mean() == pytest.approx(1 / np.sqrt(shape), rel=0.1)
