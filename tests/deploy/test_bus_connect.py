@@ -118,7 +118,9 @@ def test_tls_with_the_ca_from_the_environment(tmp_path):
     process, port = _server(tmp_path, f'tls {{ cert_file: "{tmp_path}/server.pem", key_file: "{tmp_path}/server.key" }}\n')
     try:
         url = f"tls://127.0.0.1:{port}"
-        assert _roundtrip(url, env.nats_auth({env.NATS_TLS_CA: str(tmp_path / "ca.pem")})) == b"hello"
+        with_ca = env.nats_auth({env.NATS_TLS_CA: str(tmp_path / "ca.pem")})
+        assert _roundtrip(url, with_ca) == b"hello"
+        assert _roundtrip(f"nats://127.0.0.1:{port}", with_ca) == b"hello"  # the CA alone turns TLS on
         with pytest.raises(bus.NatsConnectError, match="is not trusted .*; check TOKENPOOL_NATS_TLS_CA"):
             _roundtrip(url, env.nats_auth({}))
     finally:
