@@ -1,6 +1,6 @@
 """Dedicated serving, the baseline every market starts from: each GPU serves one model only.
 
-A model's GPUs never switch; they batch the model's requests as any single-model server does.
+A model's GPUs never switch (a model with no request still holds one); they batch the model's requests as any single-model server does.
 So each model is simulated on its own GPUs (the router's policy with one model: nothing to
 multiplex) and the runs are put together. Requests of a model left without a GPU are rejected
 and count with attainment 0, as every lost request does.
@@ -57,7 +57,9 @@ def simulate_dedicated(
         raise SimError(f"allocation names models the workload does not have: {', '.join(unknown)}")
     if any(k < 1 for k in allocation.values()):
         raise SimError("every model in a dedicated allocation needs at least one GPU")
-    runs = [simulate_model(workload, m, k, config, cost) for m, k in allocation.items()]
+    # A model with no request in the workload still holds its GPUs: nothing to simulate there.
+    requested = {a.model for a in workload.arrivals}
+    runs = [simulate_model(workload, m, k, config, cost) for m, k in allocation.items() if m in requested]
     records = [r for run in runs for r in run.records]
     for i, a in enumerate(a for a in workload.arrivals if a.model not in allocation):
         record = RequestRecord(f"unserved{i}", a, ends=["rejected"])

@@ -110,8 +110,12 @@ def _plan_pooled(workload, target, config, cost, progress) -> PolicyPlan:
 
 def _plan_dedicated(workload, target, config, cost, progress) -> PolicyPlan:
     allocation = {}
+    requested = {a.model for a in workload.arrivals}
     for model in workload.models:
         gpus = 1
+        if model not in requested:
+            allocation[model] = gpus  # deployed all the same, idle
+            continue
         while _attainment(simulate_model(workload, model, gpus, config, cost)) < target:
             gpus += 1
             if gpus > MAX_GPUS_PER_MODEL:

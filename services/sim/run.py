@@ -260,18 +260,21 @@ class Simulation:
 
     def _from_worker(self, handler):
         delay = self.config.bus_delay_s
-        return lambda msg: self.loop.after(delay, handler, msg)
+        return lambda *msg: self.loop.after(delay, handler, *msg)
 
-    def _on_chunks(self, chunks: list[TokenChunk]) -> None:
-        for chunk in chunks:
-            self._on_chunk(chunk)
+    def _on_chunks(self, chunks: list[TokenChunk], made_at: list[tuple[float, ...]] | None = None) -> None:
+        """`made_at`: for a worker's stretch of steps, when each chunk's tokens were made; the
+        client sees each one a bus delay after it was made."""
+        delay = self.config.bus_delay_s
+        for i, chunk in enumerate(chunks):
+            self._on_chunk(chunk, None if made_at is None else [t + delay for t in made_at[i]])
 
-    def _on_chunk(self, chunk: TokenChunk) -> None:
+    def _on_chunk(self, chunk: TokenChunk, seen_at: list[float] | None = None) -> None:
         record = self.records.get(chunk.request_id)
         if record is not None and not record.finished and record.error is None:
             for offset in range(len(chunk.token_ids)):
                 if chunk.index + offset == len(record.token_times):
-                    record.token_times.append(self.loop.now)
+                    record.token_times.append(self.loop.now if seen_at is None else seen_at[offset])
             if chunk.error is not None:
                 record.error = f"{chunk.error.code} {chunk.error.type}: {chunk.error.message}"
             elif chunk.finish_reason is not None and chunk.index + len(chunk.token_ids) == len(record.token_times):

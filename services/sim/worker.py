@@ -62,14 +62,22 @@ class SimWorkerConfig:
     """Most prompt tokens in one prefill step (the worker's default; longer prompts are chunked)."""
     report_interval_s: float = 0.5
     """Virtual seconds between WorkerState reports."""
+    max_stretch_steps: int = 8
+    """Decode steps simulated as one event when nothing can change between them: the turn's
+    whole batch steps, no request finishes before the last step, the quota lasts and the KV
+    pages are in hand. A command arriving meanwhile cuts the stretch at the next step
+    boundary, where the worker would have seen it anyway. Clients see each token at the time
+    it was made; the router gets a stretch's tokens at its end, at most this many steps late.
+    1: every step is an event."""
 
 
 @dataclass
 class Outbox:
     """Where the worker's messages go (the simulation delivers them to the router)."""
 
-    chunks: Callable[[list[TokenChunk]], None]
-    """The TokenChunks of one step (or one command), published together."""
+    chunks: Callable[..., None]
+    """chunks(TokenChunks of one step or command) or chunks(TokenChunks of a stretch, and for
+    each chunk the times its tokens were made), published together."""
     report: Callable[[TurnReport], None]
     state: Callable[[WorkerState], None]
 
@@ -124,6 +132,17 @@ class _Step:
 
 
 @dataclass
+class _Stretch:
+    """Decode steps of one batch simulated as one event."""
+
+    step: _Step
+    started_at: float
+    ends: list[tuple[float, float, int]]
+    """Per step: when it ends, its seconds, the context tokens it attends to."""
+    handle: object = None
+
+
+@dataclass
 class WorkerStats:
     turns: dict[str, int] = field(default_factory=dict)
     """Turns ended, by reason."""
@@ -163,6 +182,7 @@ class SimWorker:
         self._idle_since = loop.now
         self._report_seq = 0
         self._reporting = None
+        self._stretch: _Stretch | None = None
 
     # ---- lifecycle ------------------------------------------------------------------
 
@@ -199,6 +219,7 @@ class SimWorker:
     # ---- commands -------------------------------------------------------------------
 
     def assign(self, msg: AssignRequest) -> None:
+        self._cut_stretch()
         req = msg.request
         resumed = len(msg.resume_token_ids)
         if req.id in self.seqs:
@@ -224,6 +245,7 @@ class SimWorker:
             self._run.admit(req.id, req.model)
 
     def cancel(self, request_id: str) -> None:
+        self._cut_stretch()
         seq = self.seqs.pop(request_id, None)
         if seq is not None:
             self._drop_kv(seq)
@@ -231,6 +253,7 @@ class SimWorker:
             self._run.drop(request_id)
 
     def run_turn(self, turn: RunTurn) -> None:
+        self._cut_stretch()
         if self._run is None:
             idle_s = self.loop.now - self._idle_since
             self._begin(turn, idle_s)
@@ -301,7 +324,12 @@ class SimWorker:
                 ready = max(ready, self.device.d2h_free_at, self._swap_in_turn(self.device.d2h_free_at))
                 step = self._schedule(self._members())
             if step is not None:
-                self.loop.at(ready + step.seconds, self._step_done, step, ready)
+                stretch = self._plan_stretch(step, ready)
+                if stretch is not None:
+                    self._stretch = stretch
+                    stretch.handle = self.loop.at(stretch.ends[-1][0], self._stretch_done)
+                else:
+                    self.loop.at(ready + step.seconds, self._step_done, step, ready)
                 return
             run.stepped(None, started_at=now, seconds=0.0)  # nothing could run: the turn is idle
             reason = run.end_reason(now)
@@ -417,17 +445,90 @@ class SimWorker:
             self.outbox.chunks(chunks)
         self._boundary()
 
-    def _produce(self, seq: Seq) -> TokenChunk:
+    # ---- stretches of decode steps ------------------------------------------------------
+
+    def _plan_stretch(self, step: _Step, start: float) -> _Stretch | None:
+        """`step` and the decode steps after it as one stretch, or None to step once."""
+        run = self._run
+        if (
+            step.is_prefill
+            or self.config.max_stretch_steps < 2
+            or run.until_prefilled
+            or run.hand_off
+            or len(step.seqs) != len(run.open)
+            or {s.id for s in step.seqs} != run.open
+        ):
+            return None
+        most = min(self.config.max_stretch_steps, min(s.max_tokens - s.produced for s in step.seqs))
+        block = self.device.block_tokens[run.model]
+        first_at = run.first_step_at if run.first_step_at is not None else start
+        t, context, ends = start + step.seconds, step.context_tokens, [(start + step.seconds, step.seconds, step.context_tokens)]
+        for j in range(1, most):
+            if t - first_at >= run.quota_s or not self._pages_for_step(step.seqs, j, block):
+                break
+            context += len(step.seqs)
+            seconds = self.cost.decode_step_s(run.model, len(step.seqs), context)
+            t += seconds
+            ends.append((t, seconds, context))
+        return _Stretch(step, start, ends) if len(ends) > 1 else None
+
+    def _pages_for_step(self, seqs: list[Seq], j: int, block: int) -> bool:
+        """KV pages for the stretch's step j (0 = its first): allocated now, or False if short."""
+        for seq in seqs:
+            need = pages_for(seq.cached + 1 + j, block) - seq.pages
+            if need > 0:
+                if not self.device.allocate(need):
+                    return False
+                seq.pages += need
+        return True
+
+    def _cut_stretch(self) -> None:
+        """A command came: the stretch ends at the first step boundary from now on."""
+        st = self._stretch
+        if st is None:
+            return
+        now = self.loop.now
+        keep = next((j + 1 for j, (end, _, _) in enumerate(st.ends) if end >= now), len(st.ends))
+        if keep < len(st.ends):
+            st.ends = st.ends[:keep]
+            st.handle.cancel()
+            st.handle = self.loop.at(st.ends[-1][0], self._stretch_done)
+
+    def _stretch_done(self) -> None:
+        st, self._stretch = self._stretch, None
+        steps = len(st.ends)
+        live = [s for s in st.step.seqs if self.seqs.get(s.id) is s and s.state == RUNNING]
+        ids = [s.id for s in live]
+        chunks, times, finished = [], [], []
+        for seq in live:
+            seq.cached += steps
+            chunk = self._produce(seq, steps)
+            chunks.append(chunk)
+            times.append(tuple(end for end, _, _ in st.ends))
+            if chunk.finish_reason is not None:
+                finished.append(seq.id)
+        started = st.started_at
+        for j, (end, seconds, context) in enumerate(st.ends):
+            self.stats.busy_s += seconds
+            step = _Step(False, live, [1] * len(live), seconds, context)
+            self._run.stepped(step, started, seconds, ids, [], finished if j == steps - 1 else [])
+            started = end
+        if chunks:
+            self.outbox.chunks(chunks, times)
+        self._boundary()
+
+    def _produce(self, seq: Seq, tokens: int = 1) -> TokenChunk:
         index = seq.produced
-        seq.produced += 1
-        seq.produced_here += 1
+        seq.produced += tokens
+        seq.produced_here += tokens
         block = self.device.block_tokens[seq.model]
         done = seq.produced >= seq.max_tokens or pages_for(seq.tokens + 1, block) > self.device.total_pages
         usage = Usage(seq.prompt, seq.produced) if done else None
         if done:
             del self.seqs[seq.id]
             self._drop_kv(seq)
-        return TokenChunk(seq.id, index, (DUMMY_TOKEN,), None, "length" if done else None, usage, None, self.worker_id)
+        ids = (DUMMY_TOKEN,) * tokens
+        return TokenChunk(seq.id, index, ids, None, "length" if done else None, usage, None, self.worker_id)
 
     def _error(self, request_id: str, index: int, error: ErrorInfo) -> None:
         self.outbox.chunks([TokenChunk(request_id, index, error=error, worker_id=self.worker_id)])

@@ -131,3 +131,10 @@ def test_sim_draws_attainment_against_models_and_refuses_a_missing_folder(capsys
     assert result["dedicated"]["rejected"] > 0  # one GPU serves one of the six models
     code, _, err = run(capsys, "sim", *SYNTHETIC, "--plot", str(tmp_path / "nowhere" / "a.png"))
     assert code == 2 and "does not exist" in err
+
+
+def test_dedicated_keeps_a_gpu_for_a_model_nobody_called():
+    w = market()
+    idle = Workload("idle", w.arrivals, {**w.architectures, "m9": "qwen2.5-7b"})
+    plans = plan(idle, 0.9, SimConfig(drain_s=120), policies=("dedicated",))
+    assert plans["dedicated"].gpus == 5 and plans["dedicated"].attainment > 0.99

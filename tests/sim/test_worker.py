@@ -1,5 +1,6 @@
 """The simulated worker against the RunTurn contract, driven by hand (no router)."""
 
+import dataclasses
 import math
 
 import pytest
@@ -16,10 +17,25 @@ class Rig:
         self.loop = EventLoop()
         self.cost = CostModel.for_models("H100", {m: arch for m in models})
         self.chunks, self.reports = [], []
-        outbox = Outbox(
-            lambda cs: self.chunks.extend((self.loop.now, c) for c in cs), self.reports.append, lambda s: None
-        )
+        self.published = []
+        """(time, chunk) as the worker published them (a stretch's chunks carry several tokens)."""
+        outbox = Outbox(self._chunks, self.reports.append, lambda s: None)
         self.worker = SimWorker("w", self.loop, self.cost, list(models), outbox, config)
+
+    def _chunks(self, chunks, made_at=None):
+        """Keeps one (time made, one-token chunk) per token, as a client sees them."""
+        for i, c in enumerate(chunks):
+            self.published.append((self.loop.now, c))
+            n = len(c.token_ids)
+            if n == 0:  # an error, or the end of a request resumed complete
+                self.chunks.append((self.loop.now, c))
+            for k in range(n):
+                last = k == n - 1
+                token = dataclasses.replace(
+                    c, index=c.index + k, token_ids=c.token_ids[k : k + 1],
+                    finish_reason=c.finish_reason if last else None, usage=c.usage if last else None,
+                )  # fmt: skip
+                self.chunks.append((self.loop.now if made_at is None else made_at[i][k], token))
 
     def assign(self, rid, model="a", prompt=100, max_tokens=10, resume=()):
         request = GenerateRequest(rid, model, (1,) * prompt, Sampling(max_tokens=max_tokens, ignore_eos=True), "t")
@@ -189,3 +205,43 @@ def test_a_cancelled_request_stops_and_its_turn_ends_done():
     produced = len(rig.tokens("r1"))
     assert rig.reports[-1].reason == "done" and produced < 1000
     assert rig.worker.device.free_pages == rig.worker.device.total_pages
+
+
+def decode_run(config):
+    rig = Rig(config=config)
+    rig.assign("r1", max_tokens=40)
+    rig.assign("r2", max_tokens=25)
+    rig.turn(1, "a", ["r1", "r2"], until_prefilled=True)
+    rig.loop.run()
+    rig.turn(2, "a", ["r1", "r2"], quota=0.3)
+    rig.loop.run()
+    return rig
+
+
+def test_stretches_of_decode_steps_give_clients_the_same_tokens_at_the_same_times_as_single_steps():
+    one, stretched = decode_run(SimWorkerConfig(max_stretch_steps=1)), decode_run(SimWorkerConfig(max_stretch_steps=8))
+    for rid in ("r1", "r2"):
+        a, b = one.tokens(rid), stretched.tokens(rid)
+        assert [c.index for _, c in a] == [c.index for _, c in b]
+        assert [t for t, _ in a] == pytest.approx([t for t, _ in b])
+    strip = lambda r: dataclasses.replace(r, ts=0.0)  # noqa: E731
+    assert [strip(r) for r in one.reports] == pytest.approx([strip(r) for r in stretched.reports])
+    # fewer, fuller chunks: the router hears of a stretch's tokens at its end
+    assert len(stretched.published) < len(one.published) / 3
+
+
+def test_a_command_during_a_stretch_is_seen_at_the_next_step_boundary():
+    rig = Rig()
+    rig.assign("r1", max_tokens=100)
+    rig.turn(1, "a", ["r1"], until_prefilled=True)
+    rig.loop.run()
+    rig.turn(2, "a", ["r1"])
+    step = rig.cost.decode_step_s("a", 1, 101)
+    rig.loop.run(until=rig.loop.now + 2.5 * step)  # inside the first stretch
+    cut_at = rig.loop.now
+    rig.turn(3, "b", [])
+    rig.loop.run()
+    replaced = next(r for r in rig.reports if r.turn_id == 2)
+    assert replaced.reason == "replaced" and replaced.decode_steps == 3  # the step under way finished
+    made = [t for t, _ in rig.tokens("r1")]
+    assert made[-1] <= cut_at + step

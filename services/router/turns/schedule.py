@@ -49,23 +49,32 @@ class WorkerSchedule:
         self._turns = 0
         self.prefill_only = False
         """Disaggregated mode: this worker only prefills (its requests move on after their first token)."""
+        self._version = 0
+        """Bumped by every change that can turn should_replace's answer (held set, turn, first tokens, finishes)."""
+        self._stays: tuple[int, int] | None = None
+        """(version, the view's report seq) when should_replace last said no: the answer holds until either moves."""
 
     # ---- events ------------------------------------------------------------------------
 
     def add(self, held: Held) -> None:
         self.held[held.request_id] = held
+        self._version += 1
 
     def remove(self, request_id: str) -> Held | None:
+        self._version += 1
         return self.held.pop(request_id, None)
 
     def progress(self, request_id: str, produced_here: int) -> None:
         held = self.held.get(request_id)
         if held is not None and produced_here > 0:
+            if not held.prefilled or produced_here >= held.max_new:
+                self._version += 1
             held.produced = max(held.produced, produced_here)
             held.prefilled = held.on_device = True
 
     def on_report(self, report: TurnReport, view: WorkerView) -> bool:
         """Learns from a finished turn; True when it was the latest turn (the worker is idle)."""
+        self._version += 1
         switched = report.switch_s > 0
         self.estimates.observe(report, view.weight_bytes.get(report.model, 0), switched)
         for rid in report.prefilled:
@@ -80,6 +89,7 @@ class WorkerSchedule:
         """The latest turn or its report went missing: plan afresh."""
         self.turn = None
         self._round = []
+        self._version += 1
 
     # ---- decisions ---------------------------------------------------------------------
 
@@ -103,11 +113,21 @@ class WorkerSchedule:
             admit_new=math.isinf(quota) and not until_prefilled,
         )
         self.turn, self.turn_sent_at, self.device_model = turn, now, model
+        self._version += 1
         self._turns += 1
         self._last_turn[model] = self._turns
         return turn
 
     def should_replace(self, view: WorkerView, now: float) -> bool:
+        """Whether the running turn must give way now. The answer depends on the held requests,
+        the turn and the worker's report, not on the clock, so a no is remembered until one moves."""
+        if self._stays == (self._version, view.seq):
+            return False
+        replace = self._should_replace(view)
+        self._stays = None if replace else (self._version, view.seq)
+        return replace
+
+    def _should_replace(self, view: WorkerView) -> bool:
         turn = self.turn
         if turn is None or turn.until_prefilled:
             return False
