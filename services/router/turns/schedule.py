@@ -163,7 +163,7 @@ class WorkerSchedule:
             return extended
         urgent = self._urgent_group(waiting, view, now)
         if urgent is not None:
-            return self._urgent_turn(urgent, view)
+            return self._urgent_turn(urgent, view, now)
         work = self._decoding() + waiting
         if not work:
             return None
@@ -178,7 +178,7 @@ class WorkerSchedule:
                 fresh = [h for h in batch if not h.prefilled]
                 if fresh and math.isfinite(quota):  # newcomers prefill first, within Q_max
                     quota = max(quota, min(quota + self._prefill_cost(view, fresh, switching=False), self.config.max_quota_s))
-                return batch[0].model, batch, quota, False, self._next_round_model()
+                return batch[0].model, batch, quota, False, self._prefetch_after(batch[0].model, quota, view, now)
         return None
 
     def _extend_running(self, view: WorkerView, now: float):
@@ -239,7 +239,7 @@ class WorkerSchedule:
         groups = prefill_groups([h for h in waiting if h.model in late_models], self.config.max_prefill_group)
         return groups[0]
 
-    def _urgent_turn(self, urgent: list[Held], view: WorkerView):
+    def _urgent_turn(self, urgent: list[Held], view: WorkerView, now: float):
         """The urgent group's model takes its turn of the round now: its newcomers prefill, then
         its batch decodes for the batch's quota. A prefill-only turn would pay the model's
         switch twice, once now and again at its turn in the round. A model with no batch in the
@@ -256,7 +256,7 @@ class WorkerSchedule:
         batch = self._batch_now(list(dict.fromkeys([*(h.request_id for h in urgent), *ids])), view)
         fresh = [h for h in batch if not h.prefilled]
         quota = min(quota + self._prefill_cost(view, fresh, switching=False), self.config.max_quota_s)
-        return model, batch, quota, False, self._next_round_model()
+        return model, batch, quota, False, self._prefetch_after(model, quota, view, now)
 
     def _waits(self, view: WorkerView) -> dict[str | None, float]:
         """Estimated seconds until each model's next turn starts; None: a model not in this round."""
@@ -313,6 +313,22 @@ class WorkerSchedule:
     def _others_waiting(self, batch: list[Held]) -> bool:
         members = {h.request_id for h in batch}
         return any(h.request_id not in members and (h.remaining or not h.prefilled) for h in self.held.values())
+
+    def _prefetch_after(self, model: str, quota: float, view: WorkerView, now: float) -> str | None:
+        """The model to copy in behind this turn: that of the newcomer that will be most urgent
+        when the turn ends (its model's turn then comes first, `_urgent_group`), else the
+        round's next."""
+        if math.isfinite(quota):
+            ends = now + quota
+            wait = self._waits(view)
+            urgent = [
+                h for h in self.held.values()
+                if not h.prefilled and h.model != model
+                and ends + wait.get(h.model, wait[None]) + self._prefill_cost(view, [h]) > h.ttft_deadline - self._margin(h)
+            ]  # fmt: skip
+            if urgent:
+                return min(urgent, key=lambda h: h.ttft_deadline).model
+        return self._next_round_model()
 
     def _next_round_model(self) -> str | None:
         for ids, _ in self._round:
