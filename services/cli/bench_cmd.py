@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from services.cli import bench_sched, bench_serve
+from services.cli import bench_market, bench_sched, bench_serve
 from shared.model_store import ModelStore
 
 DEMO_MODELS = ("demo-llama", "demo-qwen2", "demo-mistral")
@@ -54,6 +54,7 @@ def register(subparsers) -> None:
     p.set_defaults(handler=bench_engine)
     bench_serve.register(kinds)
     bench_sched.register(kinds)
+    bench_market.register(kinds)
 
 
 def _batches(text: str) -> tuple[int, ...]:

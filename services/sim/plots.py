@@ -63,3 +63,21 @@ def gpus_plot(plans: dict[str, dict], path: Path, title: str):
     ax.grid(axis="y", alpha=0.3)
     _save(fig, path)
     plt.close(fig)
+
+
+def models_per_gpu_plot(rows: list[dict], path: Path, title: str):
+    """`rows`: bench market's, each with "models" and "policies" -> {"models_per_gpu", ...}."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for policy in ("token", "request", "dedicated"):
+        points = [(r["models"], r["policies"][policy]["models_per_gpu"]) for r in rows if policy in r["policies"]]
+        points = [(m, v) for m, v in points if v]
+        if points:
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, marker="o", label=policy, color=COLORS.get(policy))
+    ax.set(xlabel="models in the market", ylabel="models per GPU", title=title)
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, path)
+    plt.close(fig)
