@@ -123,6 +123,10 @@ def test_build_targets_exist_in_the_dockerfile_and_its_copies_in_the_repository(
         build = tree["services"][name]["build"]
         assert (COMPOSE_DIR / build["context"] / build["dockerfile"]).resolve() == COMPOSE_DIR / "Dockerfile"
         assert build["target"] in stages, f"{name}: no stage {build['target']!r} in {sorted(stages)}"
+    ignore = (COMPOSE_DIR / "Dockerfile.dockerignore").read_text().splitlines()
+    allowed = {line[1:] for line in ignore if line.startswith("!")}
+    assert "*" in ignore, "the build context (the repository root) must be an allowlist: .venv is large"
     for source in re.findall(r"^COPY\s+(?!--from)(.+)\s+\S+$", dockerfile, re.M):
         for path in source.split():
             assert (REPO / path).exists(), f"Dockerfile copies {path}, which the repository lacks"
+            assert path.rstrip("/") in allowed, f"Dockerfile copies {path}, which Dockerfile.dockerignore leaves out"
