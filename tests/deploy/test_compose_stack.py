@@ -10,6 +10,7 @@ small receiver that records what arrives; Prometheus' targets are fetched as it 
 import json
 import threading
 import time
+import tomllib
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -73,7 +74,7 @@ def compose_stack(tmp_path_factory, model_store):
         volumes_root=tmp / "volumes",
     )
     processes = {n: local_process(n, tree["services"][n], mapping, tmp) for n in names if n not in NOT_TOKENPOOL}
-    stack = {"tree": tree, "names": names, "processes": processes, "ports": ports, "otel": otel}
+    stack = {"tree": tree, "variables": variables, "processes": processes, "ports": ports, "otel": otel}
     try:
         processes["nats"].start()
         assert wait_for_port("127.0.0.1", int(ports["nats"]["4222"]), 10), processes["nats"].log()
@@ -116,7 +117,9 @@ def test_compose_stack_serves_a_chat_completion(compose_stack):
         temperature=0,
     )
     assert "Paris" in reply.choices[0].message.content
-    assert {m.id for m in client.models.list()} == {"smollm2-135m-instruct", "demo-llama", "demo-qwen2", "demo-mistral"}
+    # The catalog compose mounts (../catalog.toml) is the one served.
+    catalog = tomllib.loads((COMPOSE_DIR / compose_stack["variables"]["TOKENPOOL_CATALOG_HOST"]).read_text())
+    assert {m.id for m in client.models.list()} == {m["name"] for m in catalog["models"]}
 
 
 def test_each_service_is_its_own_nats_user_and_stays_within_its_permissions(compose_stack):
