@@ -24,7 +24,7 @@ def register(subparsers) -> None:
         "token-level scheduling, and prints the fewest GPUs with which each reaches the target attainment.",
     )
     add_workload_arguments(p)
-    p.add_argument("--gpu-profile", default="H100", help="GPU cost profile (default: %(default)s)")
+    p.add_argument("--gpu-profile", default="H100", help="GPU cost profile: H100, H800, H20 or A100 (default: %(default)s)")
     p.add_argument(
         "--target", type=_fraction, default=0.9, help="SLO attainment to reach, 0..1 (default: %(default)s)"
     )

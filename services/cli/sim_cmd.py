@@ -21,7 +21,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "sim",
         help="simulate a workload on N GPUs under the router's policy and print SLO attainment",
-        description="Runs a workload (one of the paper's CSVs, or a synthetic Poisson/Zipf one) through "
+        description="Runs a workload (the paper's CSVs, the Azure or ServeGen traces, or a synthetic one) through "
         "the router's real scheduling policy with simulated GPU workers whose step, switch and KV swap "
         "times come from a cost model (services/sim/cost.py), and prints SLO attainment and counters.",
     )
@@ -39,7 +39,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--gpu-profile",
         default="H100",
-        help="GPU cost profile (default: %(default)s; known: H100)",
+        help="GPU cost profile: H100, H800, H20 or A100 (the paper's profiles, fitted) (default: %(default)s)",
     )
     p.add_argument(
         "--policy", choices=POLICIES, default="token",
