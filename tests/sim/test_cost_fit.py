@@ -24,6 +24,9 @@ def test_the_shipped_coefficients_are_a_refit_of_the_profiles(refit):
         assert set(by_arch) == set(FITS[gpu])
         for arch, fit in by_arch.items():
             for f in fields(StepFit):
+                if f.name == "decode_batch_table":  # engine profiles only
+                    assert FITS[gpu][arch].decode_batch_table == ()
+                    continue
                 shipped, fitted = getattr(FITS[gpu][arch], f.name), getattr(fit, f.name)
                 assert shipped == pytest.approx(fitted, rel=2e-3, abs=1e-15), f"{gpu} {arch} {f.name}"
 
