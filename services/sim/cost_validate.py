@@ -10,8 +10,15 @@ Poisson load of streaming completions, attainment measured from the client's tok
 prompt tokens counted with its model's tokenizer, the same output length) through
 `services.sim.run.simulate` with the engine cost profile, one simulated worker laid out as the
 real one (an arena that holds every model, the worker's 1 MiB KV pages and batch limits) and the
-router's default policy settings, as the real router runs them. Both attainments are printed
-with their difference.
+router's default policy settings, as the real router runs them: once with the profile as
+measured, once with each model's decode and prefill step times scaled by what the worker's
+TurnReports of the real run show (step_ratios: on a shared host the load of other processes
+slows the engine by 1.0-1.5x from one run to the next, which no profile measured beforehand can
+know). Printed: both attainments, their gaps in points, the ratios.
+
+Figures (bench/results/validation-cpu-2026-11-21.json, 45 s, 80 requests, quiet host):
+    token    real 0.981 (strict 1.000)   sim 1.000 (1.000)   calibrated 0.984 (0.975)
+    request  real 0.748 (strict 0.613)   sim 0.766 (0.625)   calibrated 0.769 (0.625)
 """
 
 from __future__ import annotations
