@@ -41,6 +41,11 @@ POLICIES = ("token", "request", "dedicated")
 """token: turns with SLO quotas; request: one model at a time per GPU, LRU weights (the
 policy's two schedulings); dedicated: one model per GPU (services/sim/dedicated.py)."""
 
+QUOTA_COPIES = 2.0
+"""The policy's max_quota_s in weight copies of the largest served model (H100 mix: 1.04 s).
+On the paper's synth-24/40/48/80 workloads Q_max 0.75-1 s beat 2 s by 3-6 points of
+attainment and 4 s by 15-20 (bench/README.md)."""
+
 SLOTS_PER_GPU = 256
 """The policy's max_running_per_worker for a simulated GPU."""
 
@@ -186,7 +191,15 @@ def policy_config(cost: CostModel, scheduling: str) -> PolicyConfig:
         prefill_s_per_token=statistics.median(m.prefill_per_token_s for m in models),
     )
     # A GPU holds requests of many models at once; its KV pages, not a slot count, bound them.
-    return PolicyConfig(scheduling=scheduling, time_priors=priors, max_running_per_worker=SLOTS_PER_GPU)
+    # A turn long enough for the next model's weights to arrive behind it hides the copy, and
+    # a turn much longer only stretches the round: Q_max = QUOTA_COPIES longest weight copies.
+    longest_copy_s = max(cost.copy_in_s(m.weight_bytes) for m in models)
+    return PolicyConfig(
+        scheduling=scheduling,
+        time_priors=priors,
+        max_running_per_worker=SLOTS_PER_GPU,
+        max_quota_s=QUOTA_COPIES * longest_copy_s,
+    )
 
 
 class Simulation:
