@@ -39,7 +39,8 @@ def register(subparsers) -> None:
     p.add_argument(
         "--gpu-profile",
         default="H100",
-        help="GPU cost profile: H100, H800, H20 or A100 (the paper's profiles, fitted) (default: %(default)s)",
+        help="GPU cost profile: H100, H800, H20 or A100 (fits of the paper's profiles), or engine:PATH "
+        "(our engine's measured costs, `python -m services.sim.cost_engine measure`) (default: %(default)s)",
     )
     p.add_argument(
         "--policy", choices=POLICIES, default="token",

@@ -377,7 +377,8 @@ class SimWorker:
             budget -= n
         if not seqs:
             return None
-        return _Step(True, seqs, counts, self.cost.prefill_step_s(model, sum(counts)))
+        squared = sum((s.cached + n) ** 2 - s.cached**2 for s, n in zip(seqs, counts))  # attention grows with it
+        return _Step(True, seqs, counts, self.cost.prefill_step_s(model, sum(counts), squared))
 
     def _schedule_decode(self, model: str, ordered: list[Seq]) -> _Step | None:
         block = self.device.block_tokens[model]
