@@ -59,7 +59,7 @@ def test_a_prefill_turn_switches_the_model_in_prefills_and_ends_when_every_reque
     rig.loop.run()
     [report] = rig.reports
     switch = rig.switch_in_s("a")
-    prefill = rig.cost.prefill_step_s("a", 500)
+    prefill = rig.cost.prefill_step_s("a", 500, 300**2 + 200**2)  # two prompts: attention per prompt
     assert report.reason == "prefilled"
     assert report.switch_s == pytest.approx(switch)
     assert (report.prefill_steps, report.prefill_tokens, report.decode_steps) == (1, 500, 0)
