@@ -10,7 +10,12 @@ import argparse
 import json
 import sys
 
-from services.cli.workload_args import add_workload_arguments, positive_float, workload_from_args
+from services.cli.workload_args import (
+    add_workload_arguments,
+    positive_float,
+    workload_for_profile,
+    workload_from_args,
+)
 
 POLICIES = ("dedicated", "request", "token")
 
@@ -69,7 +74,7 @@ def plan(args: argparse.Namespace) -> int:
             print(f"  {policy}: {gpus} GPUs -> attainment {100 * attainment:.1f}%", file=sys.stderr, flush=True)
 
     try:
-        workload = workload_from_args(args)
+        workload = workload_for_profile(workload_from_args(args), args.gpu_profile)
         base = SimConfig(gpu_profile=args.gpu_profile, ttft_s=args.ttft, tbt_s=args.tbt, drain_s=args.drain)
         plans = planner.plan(workload, args.target, base, args.policies, progress=progress)
         report = {

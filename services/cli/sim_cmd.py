@@ -12,7 +12,13 @@ import dataclasses
 import json
 import sys
 
-from services.cli.workload_args import add_workload_arguments, positive_float, positive_int, workload_from_args
+from services.cli.workload_args import (
+    add_workload_arguments,
+    positive_float,
+    positive_int,
+    workload_for_profile,
+    workload_from_args,
+)
 
 POLICIES = ("token", "request", "dedicated")
 
@@ -86,7 +92,7 @@ def sim(args: argparse.Namespace) -> int:
 
     policies = POLICIES if args.compare else (args.policy,)
     try:
-        workload = workload_from_args(args)
+        workload = workload_for_profile(workload_from_args(args), args.gpu_profile)
         config = SimConfig(
             gpus=args.gpus,
             prefill_gpus=args.prefill_gpus,

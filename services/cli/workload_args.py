@@ -106,6 +106,17 @@ def workload_from_args(args: argparse.Namespace):
     return cut(workload, None, args.max_requests)
 
 
+def workload_for_profile(workload, gpu_profile: str):
+    """An engine profile (engine:PATH) prices only our own models: the market's models are
+    dealt over them. The paper's GPUs price the 7B/9B/13B mix the loaders assign."""
+    from services.sim.cost import ENGINE_PREFIX, gpu_profile as load_profile
+    from services.sim.workload import priced_by
+
+    if not gpu_profile.startswith(ENGINE_PREFIX):
+        return workload
+    return priced_by(workload, load_profile(gpu_profile).fits)
+
+
 def _load(source: str, path: Path | None, args: argparse.Namespace):
     from services.sim.errors import SimError
     from services.sim.workload import cut, load_azure, load_csv, load_servegen, synthetic

@@ -70,6 +70,19 @@ def size_mix(models: Iterable[str]) -> dict[str, str]:
     return {m: SIZE_PATTERN[i % len(SIZE_PATTERN)] for i, m in enumerate(ordered)}
 
 
+def priced_by(workload: Workload, architectures: Iterable[str]) -> Workload:
+    """The workload with its models dealt over `architectures` in name order (as size_mix deals
+    the paper's mix), unless every model already has one of them: a market priced by another
+    cost model, e.g. an engine profile that knows only our own models."""
+    known = list(dict.fromkeys(architectures))
+    if not known:
+        raise SimError("no architectures to price the workload's models with")
+    if all(a in known for a in workload.architectures.values()):
+        return workload
+    ordered = sorted(workload.architectures, key=natural_key)
+    return Workload(workload.name, workload.arrivals, {m: known[i % len(known)] for i, m in enumerate(ordered)})
+
+
 def zipf_weights(n: int, exponent: float) -> list[float]:
     """Popularity of the k-th most popular of n models, proportional to 1 / k**exponent (0: uniform)."""
     if exponent < 0:

@@ -138,3 +138,17 @@ def test_dedicated_keeps_a_gpu_for_a_model_nobody_called():
     idle = Workload("idle", w.arrivals, {**w.architectures, "m9": "qwen2.5-7b"})
     plans = plan(idle, 0.9, SimConfig(drain_s=120), policies=("dedicated",))
     assert plans["dedicated"].gpus == 5 and plans["dedicated"].attainment > 0.99
+
+
+def test_an_engine_profile_prices_a_paper_market_with_our_own_models(capsys):
+    """The paper's synth models deal over the models an engine profile measured."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    csv = root / "../shared/data/aegaeon/workloads/synth-8-0.1-1.0-1.0.csv"
+    profile = f"engine:{root / 'bench/results/engine-cost-cpu-2026-11-21.json'}"
+    code, out, _ = run(capsys, "sim", "--workload", str(csv), "--gpu-profile", profile, "--ttft", "1.5", "--tbt", "0.3", "--rate-scale", "0.2", "--json")
+    summary = json.loads(out)
+    assert code == 0 and summary["gpu_profile"] == "engine:cpu" and summary["completed"] == summary["requests"] == 81
+    code, _, err = run(capsys, "sim", "--workload", str(csv), "--gpu-profile", "engine:/nowhere.json")
+    assert code == 2 and "nowhere.json" in err
