@@ -16,6 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.cli_processes import processes_mentioning
+
 
 ROOT = Path(__file__).resolve().parents[2]
 PROFILE = sorted((ROOT / "bench/results").glob("engine-cost-cpu-*.json"))[-1]
@@ -36,15 +38,3 @@ def test_simulated_attainment_is_within_5_points_of_the_real_stacks(model_store,
         for model, ratios in policy["step_ratios"].items():
             assert 0.5 <= ratios["decode"] <= 2.0, (name, model, ratios)
     assert processes_mentioning(str(tmp_path)) == []  # the stack it started is gone
-
-
-def processes_mentioning(text: str) -> list[str]:
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            argv = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in argv:
-            found.append(argv)
-    return found
