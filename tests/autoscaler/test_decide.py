@@ -78,6 +78,7 @@ def test_a_very_hot_model_gets_replicas_and_pins():
     assert len(hosts(state, "a")) == 2
     assert sum(isinstance(a, Place) and a.model == "a" and a.reason == "replica" for a in log[0]) >= 1
     assert {w for w, m in state.pins if m == "a"} == set(hosts(state, "a"))
+    assert {x.worker_id for x in log[0] if isinstance(x, Pin)} == set(hosts(state, "a"))
     assert not any(m != "a" for _, m in state.pins)
 
 
