@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -56,7 +55,7 @@ class RequestIntake:
         """Waits up to timeout_s for new requests; malformed messages are terminated, not returned."""
         try:
             msgs = await self._sub.fetch(batch, timeout=timeout_s)
-        except nats.errors.TimeoutError:
+        except TimeoutError:  # nats.errors.TimeoutError, or a plain one when the deadline ran out between pulls
             return []
         requests = []
         for msg in msgs:
