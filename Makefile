@@ -20,11 +20,8 @@ $(VENV_STAMP): pyproject.toml
 models: venv
 	$(TOKENPOOL) models prepare
 
-# The end-to-end tests run in a pytest process of their own: after them, pytest-asyncio's
-# module loops in later test modules of the same process were seen to stall (tests/gateway).
 test: venv models
-	$(PYTHON) -m pytest -q tests --ignore=tests/e2e
-	$(PYTHON) -m pytest -q tests/e2e
+	$(PYTHON) -m pytest -q tests
 
 run: venv models
 	$(TOKENPOOL) up
