@@ -16,7 +16,8 @@ from __future__ import annotations
 import math
 import re
 import threading
-from collections.abc import Sequence
+from bisect import bisect_left
+from collections.abc import Iterable, Sequence
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -107,12 +108,18 @@ class Histogram(_Metric):
         self.buckets = tuple(bounds)
 
     def observe(self, value: float, **labels) -> None:
+        self.observe_many((value,), **labels)
+
+    def observe_many(self, values: Iterable[float], **labels) -> None:
+        """Every value of `values` under one label set (one lookup and one lock for them all)."""
         key = self._key(labels)
+        buckets = self.buckets
         with self._lock:
-            counts, total = self._values.get(key) or ([0] * (len(self.buckets) + 1), 0.0)
-            i = next((i for i, b in enumerate(self.buckets) if value <= b), len(self.buckets))
-            counts[i] += 1
-            self._values[key] = (counts, total + value)
+            counts, total = self._values.get(key) or ([0] * (len(buckets) + 1), 0.0)
+            for value in values:
+                counts[bisect_left(buckets, value)] += 1  # the first bucket whose bound is >= value
+                total += value
+            self._values[key] = (counts, total)
 
     def count(self, **labels) -> int:
         with self._lock:

@@ -47,8 +47,7 @@ class GatewayMetrics:
 
     def observe_request_slo(self, model: str, slo: RequestSlo) -> None:
         self.request_ttft.observe(slo.ttft_s, model=model)
-        for gap in slo.tbts:
-            self.request_tbt.observe(gap, model=model)
+        self.request_tbt.observe_many(slo.tbts, model=model)
         self.request_attainment.observe(slo.attainment, model=model)
         self.requests_strict.inc(model=model, met="true" if slo.strict else "false")
 
