@@ -133,9 +133,11 @@ class RouterPolicy:
                 if rid not in before:  # another worker holds it, or it is over: stop this copy once
                     decisions.append(Cancel(view.worker_id, rid))
         lost = []
+        # A hand-off turn lets its requests go before its report says so: the report decides.
+        handing_off = set(turn.request_ids) if turn is not None and turn.hand_off else set()
         for rid in view.assigned:
             tracked = self._requests[rid]
-            if rid in view.reported_running:
+            if rid in view.reported_running or rid in handing_off:
                 tracked.misses = 0
             else:
                 tracked.misses = self.config.lost_after_reports if restarted else tracked.misses + 1

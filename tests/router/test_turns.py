@@ -256,6 +256,20 @@ def test_kv_handoff_moves_a_prefilled_request_with_its_kv_entry_instead_of_recom
     assert p.schedule_of("w1").held["r1"].prefilled  # its KV arrives with it: it decodes at once
 
 
+def test_a_handed_off_request_missing_from_the_prefill_workers_reports_is_not_lost_before_its_turn_report():
+    p = make_policy(prefill_workers=1, kv_handoff=True)
+    p.on_worker_state(worker_state("w0"), 0.0)
+    p.on_worker_state(worker_state("w1"), 0.0)
+    [t1] = turns(p.submit(request("r1", "a"), 0.1))
+    # the worker let r1 go; its states (no r1) overtake the turn's report on the bus
+    for i in range(6):
+        decisions = p.on_worker_state(worker_state("w0", seq=2 + i, turn_id=t1.turn_id), 0.2 + i * 0.01)
+        assert not any(isinstance(d, Assign) for d in decisions)  # not prefilled a second time
+    moved = p.on_turn_report(report(t1, "prefilled", "w0", prefilled=("r1",), handed_off=("r1",)), 0.3)
+    [assign] = [d for d in moved if isinstance(d, Assign)]
+    assert (assign.worker_id, assign.kv_handoff) == ("w1", "r1")
+
+
 def test_kv_handoff_falls_back_to_recompute_for_a_request_the_prefill_worker_kept():
     p = make_policy(prefill_workers=1, kv_handoff=True)
     p.on_worker_state(worker_state("w0"), 0.0)
