@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from services.sim.cost import CostModel
 from services.sim.dedicated import simulate_dedicated, simulate_model
 from services.sim.errors import SimError
-from services.sim.run import POLICIES, SimConfig, SimResult, simulate
+from services.sim.run import POLICIES, SimConfig, simulate
 from services.sim.workload import Workload
 
 MAX_GPUS_PER_MODEL = 64
@@ -74,28 +74,24 @@ def plan(
     return plans
 
 
-def _attainment(result: SimResult) -> float:
-    return result.summary()["attainment"] or 0.0
-
-
 def _plan_pooled(workload, target, config, cost, progress) -> PolicyPlan:
     models = len(workload.models)
-    plan = PolicyPlan(config.scheduling, None, None, models)
-    runs: dict[int, SimResult] = {}
+    found = PolicyPlan(config.scheduling, None, None, models)
+    summaries: dict[int, dict] = {}  # summaries only: a probe's records are dropped once scored
 
     def probe(gpus: int) -> bool:
-        if gpus not in runs:
-            runs[gpus] = simulate(workload, dataclasses.replace(config, gpus=gpus), cost)
-            plan.probes[gpus] = _attainment(runs[gpus])
+        if gpus not in summaries:
+            summaries[gpus] = simulate(workload, dataclasses.replace(config, gpus=gpus), cost).summary()
+            found.probes[gpus] = summaries[gpus]["attainment"] or 0.0
             if progress:
-                progress(config.scheduling, gpus, plan.probes[gpus])
-        return plan.probes[gpus] >= target
+                progress(config.scheduling, gpus, found.probes[gpus])
+        return found.probes[gpus] >= target
 
     low = config.prefill_gpus + 1
     high = max(models, low)
     while not probe(high):
         if high >= MAX_GPUS_PER_MODEL * models:
-            return plan
+            return found
         low, high = high + 1, high * 2
     while low < high:
         mid = (low + high) // 2
@@ -103,9 +99,8 @@ def _plan_pooled(workload, target, config, cost, progress) -> PolicyPlan:
             high = mid
         else:
             low = mid + 1
-    plan.gpus, plan.attainment = high, plan.probes[high]
-    plan.summary = runs[high].summary()
-    return plan
+    found.gpus, found.attainment, found.summary = high, found.probes[high], summaries[high]
+    return found
 
 
 def _plan_dedicated(workload, target, config, cost, progress) -> PolicyPlan:
@@ -116,15 +111,13 @@ def _plan_dedicated(workload, target, config, cost, progress) -> PolicyPlan:
         if model not in requested:
             allocation[model] = gpus  # deployed all the same, idle
             continue
-        while _attainment(simulate_model(workload, model, gpus, config, cost)) < target:
+        while (simulate_model(workload, model, gpus, config, cost).summary()["attainment"] or 0.0) < target:
             gpus += 1
             if gpus > MAX_GPUS_PER_MODEL:
                 return PolicyPlan("dedicated", None, None, len(workload.models))
         allocation[model] = gpus
-    result = simulate_dedicated(workload, config, cost, allocation)
-    total = sum(allocation.values())
+    summary = simulate_dedicated(workload, config, cost, allocation).summary()
+    total, attainment = sum(allocation.values()), summary["attainment"] or 0.0
     if progress:
-        progress("dedicated", total, _attainment(result))
-    plan = PolicyPlan("dedicated", total, _attainment(result), len(workload.models), {total: _attainment(result)})
-    plan.summary = result.summary()
-    return plan
+        progress("dedicated", total, attainment)
+    return PolicyPlan("dedicated", total, attainment, len(workload.models), {total: attainment}, summary)

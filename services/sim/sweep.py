@@ -19,7 +19,8 @@ from services.sim.workload import Workload, natural_key
 def sub_market(workload: Workload, models: int) -> Workload:
     """The workload's requests for its first `models` models (in name order)."""
     keep = sorted(workload.models, key=natural_key)[:models]
-    arrivals = tuple(a for a in workload.arrivals if a.model in set(keep))
+    kept = set(keep)
+    arrivals = tuple(a for a in workload.arrivals if a.model in kept)
     return Workload(f"{workload.name}[:{models}]", arrivals, {m: workload.architectures[m] for m in keep})
 
 
