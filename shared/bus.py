@@ -7,8 +7,10 @@ credentials and TLS settings of `shared/env.py`, reconnecting forever to whichev
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import ssl
+from collections.abc import Callable
 
 import nats.errors
 from nats.aio.client import Client
@@ -144,3 +146,41 @@ async def placement_bucket(nc: Client):
         return await js.key_value(subjects.PLACEMENT_BUCKET)
     except Exception:
         return await js.create_key_value(KeyValueConfig(bucket=subjects.PLACEMENT_BUCKET, history=5, replicas=env.nats_replicas()))
+
+
+async def follow_placement(nc: Client, on_value: Callable[[bytes], object], stopping: Callable[[], bool]) -> None:
+    """Calls (and awaits, when it is a coroutine function) on_value with the stored placement and with every later one, until cancelled or
+    `stopping()`; a failed watch (no JetStream yet, a reconnect) is retried with back-off."""
+    backoff = 1.0
+    # nats-py can turn a cancellation inside a JetStream call into another error, so the loop
+    # also checks `stopping` instead of relying on CancelledError alone.
+    while not stopping():
+        watcher = None
+        try:
+            kv = await placement_bucket(nc)
+            watcher = await kv.watch(subjects.PLACEMENT_KEY)
+            backoff = 1.0
+            async for entry in watcher:
+                if entry is not None and entry.operation is None:
+                    result = on_value(entry.value)
+                    if inspect.isawaitable(result):
+                        await result
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            if stopping():
+                return
+            log.warning("placement watch failed (%s); retrying in %.0f s", e, backoff)
+        finally:
+            if watcher is not None:
+                await asyncio.shield(_stop_watcher(watcher))
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * 2, 30.0)
+
+
+async def _stop_watcher(watcher) -> None:
+    # nats-py's KV watcher can wait forever on its unsubscribe when stopped mid-update.
+    try:
+        await asyncio.wait_for(watcher.stop(), 2.0)
+    except Exception as e:
+        log.debug("placement watcher stop: %s", e)

@@ -77,12 +77,29 @@ class ModelLoad:
     running: int
     arrivals: int
     """Requests accepted since the router started."""
+    tokens: int = 0
+    """Output tokens those requests asked for (their max_tokens), since the router started."""
 
 
 @dataclass(frozen=True)
 class WorkerPlacement:
     worker_id: str
     models: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RequestMove:
+    request_id: str
+    to_worker: str
+    """Where the router moves it (it resumes from the tokens it has); "" lets it finish where it runs."""
+
+
+@dataclass(frozen=True)
+class DrainOrder:
+    """A worker the router gives no new request: the autoscaler is emptying it to release it."""
+
+    worker_id: str
+    moves: tuple[RequestMove, ...] = ()
 
 
 # ---- messages ----------------------------------------------------------------------
@@ -149,7 +166,7 @@ class PrefetchModel:
 
 @message
 class WorkerState:
-    VERSION: ClassVar[int] = 2
+    VERSION: ClassVar[int] = 3
     worker_id: str
     ready: bool
     serving: tuple[str, ...]
@@ -166,11 +183,13 @@ class WorkerState:
     ts: float
     turn_id: int = 0
     """The turn the worker is running now; 0 when it is idle."""
+    running_models: tuple[str, ...] = ()
+    """The model of each request in `running`, in the same order."""
 
 
 @message
 class RouterState:
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 2
     router_id: str
     ready: bool
     workers: tuple[str, ...]
@@ -178,14 +197,23 @@ class RouterState:
     models: tuple[ModelLoad, ...]
     pending: int
     ts: float
+    attainment: float | None = None
+    """SLO attainment of the requests that finished recently (the router's attainment window);
+    None when none did."""
 
 
 @message
 class Placement:
-    VERSION: ClassVar[int] = 1
+    """The autoscaler's orders, kept in the PLACEMENT_BUCKET KV: workers read which models to
+    keep in host memory (and which to keep resident), the router which workers to drain."""
+
+    VERSION: ClassVar[int] = 2
     epoch: int
     workers: tuple[WorkerPlacement, ...]
     ts: float
+    pins: tuple[WorkerPlacement, ...] = ()
+    """Per worker, the hot models it keeps resident on its device."""
+    drains: tuple[DrainOrder, ...] = ()
 
 
 @message

@@ -73,6 +73,8 @@ class Snapshot:
     """The turn being run; 0 when none is."""
     shapes: tuple[tuple[str, ModelShape], ...] = ()
     """(model, shape) for each served model."""
+    running_models: tuple[str, ...] = ()
+    """The model of each request in `running`."""
 
 
 @dataclass(frozen=True)

@@ -189,7 +189,9 @@ class EngineThread:
 
     def _snapshot(self) -> Snapshot:
         turn_id = self._turn.turn_id if self._turn is not None else 0
-        return Snapshot(self._ready, self._engine.stats(), tuple(sorted(self._requests)), turn_id, self._shapes)
+        running = tuple(sorted(self._requests))
+        models = tuple(self._requests[r].model for r in running)
+        return Snapshot(self._ready, self._engine.stats(), running, turn_id, self._shapes, models)
 
     # ---- commands -------------------------------------------------------------------
 

@@ -36,6 +36,7 @@ def worker_state(
         seq=seq,
         ts=now,
         turn_id=snapshot.turn_id,
+        running_models=snapshot.running_models,
     )
 
 

@@ -168,29 +168,7 @@ class GpuWorker:
 
     async def _watch_placement(self) -> None:
         """Follows the autoscaler's placement; without JetStream the worker serves without one."""
-        backoff = 1.0
-        # nats-py can turn a cancellation inside a JetStream call into another error, so the
-        # loop also checks the stop flag instead of relying on CancelledError alone.
-        while not self._stop.is_set():
-            watcher = None
-            try:
-                kv = await bus.placement_bucket(self.nc)
-                watcher = await kv.watch(subjects.PLACEMENT_KEY)
-                backoff = 1.0
-                async for entry in watcher:
-                    if entry is not None and entry.operation is None:
-                        self._on_placement(entry.value)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                if self._stop.is_set():
-                    return
-                log.warning("placement watch failed (%s); retrying in %.0f s", e, backoff)
-            finally:
-                if watcher is not None:
-                    await asyncio.shield(_stop_watcher(watcher))
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 30.0)
+        await bus.follow_placement(self.nc, self._on_placement, self._stop.is_set)
 
     def _on_placement(self, data: bytes) -> None:
         try:
@@ -255,14 +233,6 @@ class GpuWorker:
             await self.nc.publish(subjects.WORKER_STATE, encode(state))
         except Exception as e:
             log.warning("could not publish WorkerState: %s", e)
-
-
-async def _stop_watcher(watcher) -> None:
-    # nats-py's KV watcher can wait forever on its unsubscribe when stopped mid-update.
-    try:
-        await asyncio.wait_for(watcher.stop(), 2.0)
-    except Exception as e:
-        log.debug("placement watcher stop: %s", e)
 
 
 async def _within(awaitable, timeout_s: float, what: str) -> bool:

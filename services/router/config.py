@@ -69,6 +69,8 @@ class PolicyConfig:
     (e.g. the worker restarted) and is assigned again."""
     finished_memory: int = 10_000
     """Finished request ids remembered, so a redelivered copy is acked instead of run twice."""
+    attainment_window_s: float = 60.0
+    """RouterState.attainment covers the requests that finished within this many seconds."""
     weights: ScoreWeights = field(default_factory=ScoreWeights)
     scheduling: str = "token"
     """token: models take turns at token granularity with SLO-derived quotas (Aegaeon);
@@ -120,6 +122,8 @@ class PolicyConfig:
             raise ValueError("lost_after_reports must be >= 1")
         if self.finished_memory < 0:
             raise ValueError("finished_memory must be >= 0")
+        if not self.attainment_window_s > 0:
+            raise ValueError("attainment_window_s must be > 0 seconds (60 is a good value)")
 
 
 @dataclass(frozen=True)

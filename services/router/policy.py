@@ -9,6 +9,7 @@ No I/O, no asyncio: the service feeds it bus messages, a simulator feeds it even
     decisions = policy.on_turn_report(report, now)  # the worker is free: its next turn
     decisions = policy.cancel(request_id, now)      # Cancel + Done
     decisions = policy.tick(now)                    # dead workers: Assign elsewhere / Reject 503
+    decisions = policy.on_placement(placement, now) # the autoscaler's drains: Cancel + Assign (moves)
     state = policy.snapshot(now)                    # RouterState
 
 Two layers: which worker holds a request (warm-aware placement, queues, failover), and, per
@@ -38,8 +39,12 @@ from services.router.decisions import (
 from services.router.turns.estimates import Priors, WorkerEstimates
 from services.router.turns.held import Held
 from services.router.turns.schedule import WorkerSchedule
+from services.router.slo.attainment import request_slo
+from services.router.slo.recent import RecentAttainment
 from services.router.views import TrackedRequest, WorkerView
-from shared.protocol import GenerateRequest, ModelLoad, RouterState, TokenChunk, TurnReport, WorkerState
+from shared.protocol import (
+    GenerateRequest, ModelLoad, Placement, RouterState, TokenChunk, TurnReport, WorkerState,
+)
 
 DEFAULT_SLO = (10.0, 0.1)
 """(TTFT, TBT) seconds of a model the catalog gives no SLO class."""
@@ -68,6 +73,11 @@ class RouterPolicy:
         self._queues: dict[str, deque[str]] = {m: deque() for m in self._models}
         self._finished: OrderedDict[str, None] = OrderedDict()
         self._arrivals: Counter[str] = Counter()
+        self._asked_tokens: Counter[str] = Counter()
+        self._attainment = RecentAttainment(self.config.attainment_window_s)
+        self._drained: frozenset[str] = frozenset()
+        self._placed: dict[str, frozenset[str]] = {}
+        """Worker -> models the autoscaler placed in its host memory (empty without an autoscaler)."""
         self._last_served: dict[str, float] = {}
         """Model -> when a live worker last reported serving it."""
 
@@ -80,8 +90,9 @@ class RouterPolicy:
         if rid in self._finished:
             return [Done(rid)]
         if model not in self._queues:
-            return self._reject(request, not_found(model, self._models), 0)
+            return self._reject(request, not_found(model, self._models), 0, now)
         self._arrivals[model] += 1
+        self._asked_tokens[model] += request.sampling.max_tokens
         tracked = TrackedRequest(request, accepted_at=now)
         holder = self._reported_holder(rid, now)
         if holder is not None:  # a worker already runs it (the router restarted): adopt, do not run it twice
@@ -90,11 +101,11 @@ class RouterPolicy:
             holder.foreign = max(0, holder.foreign - 1)
             return self._drive(now)
         if not self._served(model, now) and self._grace_over(model, now):
-            return self._reject(request, no_worker(model), 0)
+            return self._reject(request, no_worker(model), 0, now)
         queue = self._queues[model]
         worker = None if queue else self._pick(model, now, fresh=True)
         if worker is None and len(queue) >= self.config.max_queue_per_model:
-            return self._reject(request, queue_full(model, self.config.max_queue_per_model), 0)
+            return self._reject(request, queue_full(model, self.config.max_queue_per_model), 0, now)
         self._requests[rid] = tracked
         if worker is None:
             queue.append(rid)
@@ -111,6 +122,7 @@ class RouterPolicy:
             self._schedules.pop(state.worker_id, None)
         if view is None:
             view = self._workers[state.worker_id] = WorkerView.from_state(state, now)
+            view.drained = view.worker_id in self._drained
         else:
             view.apply(state, now)
         schedule = self._schedule(view.worker_id)
@@ -152,7 +164,7 @@ class RouterPolicy:
             return []
         # First token per index wins, from whichever worker: the gateway keeps the same one,
         # so a resumed request continues what the client saw.
-        tracked.record(chunk)
+        tracked.record(chunk, now)
         if chunk.finish_reason is None and chunk.error is None:
             if tracked.worker_id is not None and chunk.worker_id in ("", tracked.worker_id):
                 produced_here = tracked.prefix - tracked.resumed
@@ -162,6 +174,7 @@ class RouterPolicy:
             return []
         holder = tracked.worker_id
         self._finish(chunk.request_id)
+        self._measure(tracked, now, failed=chunk.error is not None)
         decisions: list[Decision] = [Done(chunk.request_id)]
         if holder is not None and chunk.worker_id and chunk.worker_id != holder:
             decisions.insert(0, Cancel(holder, chunk.request_id))  # the client already got its answer
@@ -191,6 +204,22 @@ class RouterPolicy:
             return [Done(request_id)]
         return [Cancel(holder, request_id), Done(request_id)] + self._dispatch(now)
 
+    def on_placement(self, placement: Placement, now: float) -> list[Decision]:
+        """The autoscaler's orders: drained workers take no new request, placed workers are
+        preferred for their models, and a drained worker's requests with a `to_worker` move
+        there (cancelled where they run, resumed from their tokens). Idempotent: the same
+        placement again moves nothing twice."""
+        self._drained = frozenset(d.worker_id for d in placement.drains)
+        self._placed = {w.worker_id: frozenset(w.models) for w in placement.workers}
+        for view in self._workers.values():
+            view.drained = view.worker_id in self._drained
+        decisions: list[Decision] = []
+        for order in placement.drains:
+            for move in order.moves:
+                if move.to_worker:
+                    decisions += self._move(move.request_id, order.worker_id, move.to_worker, now)
+        return decisions + self._dispatch(now)
+
     def tick(self, now: float) -> list[Decision]:
         for view in [v for v in self._workers.values() if not v.is_live(now, self.config.worker_timeout_s)]:
             self._requeue(list(view.assigned))
@@ -201,7 +230,7 @@ class RouterPolicy:
             if queue and not self._served(model, now) and self._grace_over(model, now):
                 for rid in list(queue):
                     tracked = self._requests[rid]
-                    decisions += self._reject(tracked.request, no_worker(model), len(tracked.produced()))
+                    decisions += self._reject(tracked.request, no_worker(model), len(tracked.produced()), now)
         return decisions + self._dispatch(now)
 
     def snapshot(self, now: float) -> RouterState:
@@ -209,7 +238,8 @@ class RouterPolicy:
         (including those answered 429/503: they are demand too); `pending` is queued requests."""
         running = Counter(t.model for t in self._requests.values() if t.worker_id is not None)
         loads = tuple(
-            ModelLoad(m, len(self._queues[m]), running[m], self._arrivals[m]) for m in self._models
+            ModelLoad(m, len(self._queues[m]), running[m], self._arrivals[m], self._asked_tokens[m])
+            for m in self._models
         )
         live = self._live(now)
         return RouterState(
@@ -219,6 +249,7 @@ class RouterPolicy:
             models=loads,
             pending=sum(len(q) for q in self._queues.values()),
             ts=now,
+            attainment=self._attainment.mean(now),
         )
 
     def schedule_of(self, worker_id: str) -> WorkerSchedule | None:
@@ -284,6 +315,7 @@ class RouterPolicy:
         return min(
             candidates,
             key=lambda v: (
+                bool(self._placed) and model not in self._placed.get(v.worker_id, ()),
                 *self._demand(v),
                 -scoring.warmth(v, model, self.config),
                 v.load,
@@ -308,6 +340,23 @@ class RouterPolicy:
             tbt_s = self._slos.get(model, DEFAULT_SLO)[1]
             share += schedule.estimates.decode_step_s(model, view.weight_bytes.get(model, 0), 0) / tbt_s
         return round(share, 3), len(models)
+
+    def _move(self, rid: str, source: str, target: str, now: float) -> list[Decision]:
+        tracked = self._requests.get(rid)
+        view = self._workers.get(target)
+        if tracked is None or tracked.worker_id != source or view is None:
+            return []  # finished, already moved, or the target is unknown
+        if not view.is_live(now, self.config.worker_timeout_s) or not scoring.can_take(view, tracked.model, self.config):
+            return []
+        self._workers_assigned_discard(tracked)
+        return [Cancel(source, rid), self._assign(tracked, view)]
+
+    def _measure(self, tracked: TrackedRequest, now: float, failed: bool) -> None:
+        ttft_s, tbt_s = self._slos.get(tracked.model, DEFAULT_SLO)
+        if failed:
+            self._attainment.add(now, 0.0)
+        elif tracked.seen_at:
+            self._attainment.add(now, request_slo(tracked.accepted_at, tracked.seen_at, ttft_s, tbt_s).attainment)
 
     def _handed_off(self, report: TurnReport, now: float) -> list[Decision]:
         """Requests whose KV a prefill worker left in the machine's hand-off area: the worker let
@@ -456,7 +505,9 @@ class RouterPolicy:
         while len(self._finished) > self.config.finished_memory:
             self._finished.popitem(last=False)
 
-    def _reject(self, request: GenerateRequest, error, index: int) -> list[Decision]:
+    def _reject(self, request: GenerateRequest, error, index: int, now: float) -> list[Decision]:
+        if error.code != 404:  # a request turned away (429, 503) missed its objective
+            self._attainment.add(now, 0.0)
         if request.id in self._requests:
             self._finish(request.id)
         else:

@@ -15,8 +15,8 @@ WARMTH = {"active": 1.0, "device": 0.8, "host": 0.5, "disk": 0.0}
 
 
 def can_take(view: WorkerView, model: str, config: PolicyConfig) -> bool:
-    """The filter: the worker serves the model, is ready and has a free slot."""
-    return view.ready and model in view.serving and view.load < config.max_running_per_worker
+    """The filter: the worker serves the model, is ready, not being drained and has a free slot."""
+    return view.ready and not view.drained and model in view.serving and view.load < config.max_running_per_worker
 
 
 def warmth(view: WorkerView, model: str, config: PolicyConfig) -> float:

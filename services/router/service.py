@@ -33,6 +33,7 @@ from shared.protocol import (
     AssignRequest,
     CancelAssignment,
     CancelRequest,
+    Placement,
     ProtocolError,
     TokenChunk,
     TurnReport,
@@ -82,6 +83,7 @@ class RouterService:
             self._every(c.tick_interval_s, self._tick, "router-tick"),
             self._every(c.state_interval_s, self._publish_state, "router-state"),
             self._every(c.in_progress_interval_s, self._intake.touch_all, "router-in-progress"),
+            asyncio.create_task(bus.follow_placement(self._nc, self._on_placement, lambda: False), name="router-placement"),
         ]
         log.info("router %s up on %s (consumer %s)", c.router_id, c.nats, c.consumer)
         return self
@@ -144,6 +146,16 @@ class RouterService:
                 log.exception("handling %s failed", message_type.__name__)
 
         return handle
+
+    async def _on_placement(self, data: bytes) -> None:
+        try:
+            placement = decode(data, Placement)
+        except ProtocolError as e:
+            log.warning("ignoring the stored placement: %s", e)
+            return
+        if placement.drains:
+            log.info("placement epoch %d: draining %s", placement.epoch, ", ".join(d.worker_id for d in placement.drains))
+        await self._execute(self.policy.on_placement(placement, self.clock()))
 
     def _turn_report(self, report: TurnReport, now: float) -> list[Decision]:
         self._turns.record(report)

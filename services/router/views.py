@@ -33,6 +33,8 @@ class WorkerView:
     """Requests the worker reports that the router did not assign here (they still take a slot)."""
     turn_id: int = 0
     """The turn the worker reported running; 0 when idle."""
+    drained: bool = False
+    """The autoscaler is emptying this worker: it takes no new request."""
 
     @classmethod
     def from_state(cls, state: WorkerState, now: float) -> WorkerView:
@@ -89,6 +91,8 @@ class TrackedRequest:
     """Tokens it had produced when its current worker took it (that worker re-prefills them)."""
     kv_handoff: str = ""
     """A KV hand-off entry a prefill worker left for it, until a decode worker takes it."""
+    seen_at: list[float] = field(default_factory=list)
+    """When the router saw each new token (the client sees it then too), for its SLO attainment."""
 
     @property
     def model(self) -> str:
@@ -97,9 +101,11 @@ class TrackedRequest:
     prefix: int = 0
     """Length of the gap-free prefix of `tokens`, kept as chunks arrive."""
 
-    def record(self, chunk: TokenChunk) -> None:
+    def record(self, chunk: TokenChunk, now: float) -> None:
+        before = len(self.tokens)
         for offset, token in enumerate(chunk.token_ids):
             self.tokens.setdefault(chunk.index + offset, token)
+        self.seen_at.extend([now] * (len(self.tokens) - before))
         while self.prefix in self.tokens:
             self.prefix += 1
 

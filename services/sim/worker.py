@@ -207,13 +207,14 @@ class SimWorker:
             serving=tuple(self.serving),
             models=tuple(ModelResidency(m, d.tier(m), d.block_tokens[m], d.weight_sizes[m]) for m in self.serving),
             active_model=d.active,
-            running=tuple(sorted(self.seqs)),
+            running=(running := tuple(sorted(self.seqs))),
             free_kv_pages=d.free_pages,
             total_kv_pages=d.total_pages,
             device=f"sim-{self.cost.gpu.name}",
             seq=self._report_seq,
             ts=self.loop.now,
             turn_id=self._run.turn_id if self._run is not None else 0,
+            running_models=tuple(self.seqs[r].model for r in running),
         )
 
     # ---- commands -------------------------------------------------------------------

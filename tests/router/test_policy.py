@@ -13,7 +13,7 @@ from .builders import MODELS, request, state, tokens
 class PlacementOnly:
     """The policy with its StartTurn decisions left out."""
 
-    EVENTS = ("submit", "on_worker_state", "on_tokens", "on_turn_report", "cancel", "tick")
+    EVENTS = ("submit", "on_worker_state", "on_tokens", "on_turn_report", "cancel", "tick", "on_placement")
 
     def __init__(self, policy: RouterPolicy):
         self.policy = policy
