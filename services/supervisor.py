@@ -61,6 +61,10 @@ class StackConfig:
     """Extra flags for every gpu_worker, e.g. ("--device", "cuda")."""
     router_args: tuple[str, ...] = ()
     """Extra flags for the router, e.g. ("--scheduling", "request")."""
+    autoscale: bool = False
+    """The autoscaler starts the workers (`workers` of them at first) and releases idle ones."""
+    autoscaler_args: tuple[str, ...] = ()
+    """Extra flags for the autoscaler, e.g. ("--scaling", "max_workers=4")."""
     grace_s: float = 15.0
     """How long a stop waits for children to exit before SIGKILL."""
 
@@ -114,14 +118,21 @@ class Stack:
         common = ["--nats", self.nats_url, "--catalog", str(c.catalog)]
         py = [sys.executable, "-m"]
         self.children = [Child("router", py + ["services.router", *common, *c.router_args])]
-        self.children.append(Child("autoscaler", py + ["services.autoscaler", *common]))
-        for i in range(c.workers):
+        self.children.append(Child("autoscaler", py + ["services.autoscaler", *common, *self._autoscaler_args()]))
+        for i in range(0 if c.autoscale else c.workers):
             argv = py + ["services.gpu_worker", *common, "--worker-id", f"worker-{i}", *c.worker_args]
             self.children.append(Child(f"worker-{i}", argv))
         gateway = ["services.gateway", *common, "--host", c.host, "--port", str(c.port)]
         self.children.append(Child("gateway", py + gateway))
         for child in self.children:
             child.start()
+
+    def _autoscaler_args(self) -> list[str]:
+        c = self.config
+        if not c.autoscale:
+            return list(c.autoscaler_args)
+        local = ["--connector", "local", "--initial-workers", str(c.workers), "--run-dir", str(c.run_dir / "workers")]
+        return local + [f"--worker-arg={a}" for a in c.worker_args] + list(c.autoscaler_args)
 
     def child(self, name: str) -> Child:
         return next(c for c in self.children if c.name == name)

@@ -1,8 +1,12 @@
-"""The autoscaler on the bus: watches worker and router reports, re-plans the placement
-every interval and writes it to the PLACEMENT_BUCKET KV when it changed.
+"""The autoscaler on the bus: watches worker, router and turn reports, runs the planner
+(decide.py) every interval, writes its orders (Placement) and its own state to the
+PLACEMENT_BUCKET KV, and starts or releases workers through its connector.
 
-    async with AutoscalerService(config, model_sizes(catalog)) as autoscaler:
+    async with AutoscalerService(config, facts, connector=LocalConnector(...)) as autoscaler:
         await stop.wait()
+
+Without a connector the pool is fixed: the planner places models over the live workers and
+never drains one (nothing could release it).
 """
 
 from __future__ import annotations
@@ -11,26 +15,36 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from nats.js.errors import KeyNotFoundError
 
+from services.autoscaler.actions import Drain, Release, ScaleUp, Undrain
 from services.autoscaler.config import AutoscalerConfig
-from services.autoscaler.loads import RecentLoads
-from services.autoscaler.planner import plan
+from services.autoscaler.connectors.base import Connector, ConnectorError
+from services.autoscaler.decide import decide
+from services.autoscaler.observe import ModelFacts, Observations
+from services.autoscaler.orders import STATE_KEY, decode_state, encode_state, placement_of
+from services.autoscaler.scaling_config import ScalingConfig
+from services.autoscaler.tick import PlannerState, TickInput
 from shared import bus, subjects
-from shared.protocol import Placement, ProtocolError, RouterState, WorkerState, decode, encode
+from shared.protocol import Placement, ProtocolError, RouterState, TurnReport, WorkerState, decode, encode
 
 log = logging.getLogger("tokenpool.autoscaler")
 
 
 class AutoscalerService:
-    def __init__(self, config: AutoscalerConfig, model_bytes: dict[str, int], clock: Callable[[], float] = time.monotonic):
+    def __init__(self, config: AutoscalerConfig, models: dict[str, ModelFacts], connector: Connector | None = None,
+                 clock: Callable[[], float] = time.time):
         self.config = config
-        self.model_bytes = model_bytes
+        self.connector = connector
         self.clock = clock
+        self.seen = Observations(models, window_s=config.window_s, worker_timeout_s=config.worker_timeout_s,
+                                 host_bytes=config.host_budget_bytes, gpu_bytes=config.gpu_budget_bytes)
+        self.state = PlannerState()
         self.placement: Placement | None = None
-        self._workers: dict[str, tuple[WorkerState, float]] = {}
-        self._loads = RecentLoads()
+        self._booting: dict[str, float] = {}
+        self._releases: set[asyncio.Task] = set()
         self._nc = None
         self._kv = None
         self._task: asyncio.Task | None = None
@@ -38,35 +52,35 @@ class AutoscalerService:
     async def __aenter__(self) -> AutoscalerService:
         self._nc = await bus.connect(self.config.nats, name="tokenpool-autoscaler")
         self._kv = await bus.placement_bucket(self._nc)
-        self.placement = await self._read_placement()
-        await self._nc.subscribe(subjects.WORKER_STATE, cb=self._on_worker_state)
-        await self._nc.subscribe(subjects.ROUTER_STATE, cb=self._on_router_state)
+        self.placement = await self._read(subjects.PLACEMENT_KEY, lambda b: decode(b, Placement), "placement")
+        self.state = await self._read(STATE_KEY, decode_state, "planner state") or PlannerState()
+        await self._nc.subscribe(subjects.WORKER_STATE, cb=self._on(WorkerState, self.seen.worker))
+        await self._nc.subscribe(subjects.ROUTER_STATE, cb=self._on(RouterState, self.seen.router))
+        await self._nc.subscribe(subjects.TURN_REPORTS, cb=self._on(TurnReport, lambda r, now: self.seen.turn(r)))
+        if self.connector is not None and self.config.initial_workers:
+            await self._start_workers(self.config.initial_workers, "initial workers")
         self._task = asyncio.create_task(self._loop(), name="autoscaler-plan")
-        log.info("autoscaler up on %s, placing %d models", self.config.nats, len(self.model_bytes))
+        mode = f"connector {self.connector.name}" if self.connector else "fixed pool (no connector)"
+        log.info("autoscaler up on %s, %d models, %s", self.config.nats, len(self.seen.models), mode)
         return self
 
     async def __aexit__(self, *exc) -> None:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        if self.connector is not None:
+            await self.connector.close()
+        await asyncio.gather(*self._releases, return_exceptions=True)
         if self._nc is not None and not self._nc.is_closed:
             await self._nc.drain()
 
-    async def _on_worker_state(self, msg) -> None:
-        try:
-            state = decode(msg.data, WorkerState)
-        except ProtocolError as e:
-            log.warning("ignoring a malformed worker report: %s", e)
-            return
-        seen = self._workers.get(state.worker_id)
-        if seen is None or state.seq > seen[0].seq or state.ts > seen[0].ts:
-            self._workers[state.worker_id] = (state, self.clock())
-
-    async def _on_router_state(self, msg) -> None:
-        try:
-            self._loads.observe(decode(msg.data, RouterState), self.clock())
-        except ProtocolError as e:
-            log.warning("ignoring a malformed router report: %s", e)
+    def _on(self, message_type: type, observe: Callable):
+        async def handle(msg) -> None:
+            try:
+                observe(decode(msg.data, message_type), self.clock())
+            except ProtocolError as e:
+                log.warning("ignoring a malformed %s: %s", message_type.__name__, e)
+        return handle
 
     async def _loop(self) -> None:
         while True:
@@ -74,31 +88,77 @@ class AutoscalerService:
             try:
                 await self.replan()
             except Exception:  # noqa: BLE001 - logged; the next round tries again
-                log.exception("planning the placement failed")
+                log.exception("planning failed")
 
     async def replan(self) -> None:
         now = self.clock()
-        live = [s for s, seen in self._workers.values() if now - seen <= self.config.worker_timeout_s]
-        loads = self._loads.take(now, self.config.worker_timeout_s)
-        if not live:
-            return  # nothing to place on: keep the last placement for when workers come back
-        placement = plan(live, loads, self.model_bytes, self.config.host_budget_bytes, self.placement, time.time())
-        if placement is self.placement:
-            return
-        await self._kv.put(subjects.PLACEMENT_KEY, encode(placement))
-        self.placement = placement
-        placed = {m for w in placement.workers for m in w.models}
-        log.info("placement epoch %d: %s", placement.epoch, {w.worker_id: w.models for w in placement.workers})
-        if missing := sorted(set(self.model_bytes) - placed):
-            log.warning("no live worker can hold %s (not served, or bigger than the host budget)", ", ".join(missing))
+        tick = self.seen.tick(now)
+        live = [w.worker_id for w in tick.workers if w.live]
+        for worker_id in [w for w, t in self._booting.items() if w in live or now - t > self.config.boot_timeout_s]:
+            if worker_id not in live:
+                log.warning("worker %s did not report within %.0f s of its start", worker_id, self.config.boot_timeout_s)
+            del self._booting[worker_id]
+        if not live and (self.connector is None or self._booting):
+            return  # nothing to place on yet: keep the last placement for when workers come
+        actions, state = decide(tick, self.state, self._scaling(tick))
+        for action in actions:
+            await self._carry_out(action)
+        placement = placement_of(state, self.placement, now)
+        if placement is not self.placement:
+            await self._kv.put(subjects.PLACEMENT_KEY, encode(placement))
+            log.info("placement epoch %d: %s%s", placement.epoch, {w.worker_id: w.models for w in placement.workers},
+                     f"; draining {[d.worker_id for d in placement.drains]}" if placement.drains else "")
+            self.placement = placement
+        if state != self.state:
+            await self._kv.put(STATE_KEY, encode_state(state))
+            self.state = state
 
-    async def _read_placement(self) -> Placement | None:
+    def _scaling(self, tick: TickInput) -> ScalingConfig:
+        if self.connector is not None:
+            return self.config.scaling
+        live = max(1, sum(w.live for w in tick.workers))
+        return replace(self.config.scaling, min_workers=live, max_workers=live)
+
+    async def _carry_out(self, action) -> None:
+        if isinstance(action, ScaleUp):
+            count = action.count - len(self._booting)
+            if count > 0:
+                await self._start_workers(count, action.reason)
+        elif isinstance(action, Release):
+            log.info("releasing %s (%s)", action.worker_id, action.reason)
+            self.seen.forget(action.worker_id)
+            if self.connector is not None and action.worker_id in self.connector.workers():
+                task = asyncio.create_task(self._release(action.worker_id), name=f"release-{action.worker_id}")
+                self._releases.add(task)
+                task.add_done_callback(self._releases.discard)
+        elif isinstance(action, (Drain, Undrain)):
+            log.info("%s", action)
+        else:
+            log.debug("%s", action)
+
+    async def _start_workers(self, count: int, reason: str) -> None:
         try:
-            entry = await self._kv.get(subjects.PLACEMENT_KEY)
+            started = await self.connector.start(count)
+        except ConnectorError as e:
+            log.error("could not start %d worker(s) (%s): %s", count, reason, e)
+            started = e.started
+        log.info("started %s (%s)", ", ".join(started), reason)
+        now = self.clock()
+        self._booting |= {w: now for w in started}
+
+    async def _release(self, worker_id: str) -> None:
+        try:
+            await self.connector.release(worker_id)
+        except ConnectorError as e:
+            log.error("could not release %s: %s", worker_id, e)
+
+    async def _read(self, key: str, parse: Callable, what: str):
+        try:
+            entry = await self._kv.get(key)
         except KeyNotFoundError:
             return None
         try:
-            return decode(entry.value, Placement)
-        except ProtocolError as e:
-            log.warning("ignoring the stored placement: %s", e)
-            return Placement(epoch=entry.revision or 0, workers=(), ts=0.0)  # epochs still go up
+            return parse(entry.value)
+        except (ProtocolError, ValueError) as e:
+            log.warning("ignoring the stored %s: %s", what, e)
+            return None

@@ -26,6 +26,10 @@ def register(subparsers) -> None:
         "--scheduling", choices=("token", "request"), default="token",
         help="token: models share a worker in SLO-sized turns (default); request: one model at a time",
     )
+    p.add_argument("--autoscale", action="store_true",
+                   help="the autoscaler starts the workers (--workers at first), adds them under load and releases idle ones")
+    p.add_argument("--scaling", action="append", default=[], metavar="NAME=VALUE",
+                   help="an autoscaler planner setting, e.g. max_workers=4 (see services/autoscaler/scaling_config.py)")
     p.add_argument("--router-metrics-port", type=int, default=None, help="serve the router's /metrics on this port")
     p.set_defaults(handler=up)
 
@@ -46,10 +50,12 @@ def router_args(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def up(args: argparse.Namespace) -> int:
+    from services.autoscaler.scaling_args import scaling_config
     from services.supervisor import Stack, StackConfig, gateway_health
 
     run_dir = args.run_dir or env.state_dir() / "runs" / datetime.now().strftime("%Y%m%d-%H%M%S")
     try:
+        scaling_config(args.scaling)  # a bad setting fails here, not in a child restarted forever
         config = StackConfig(
             host=args.host,
             port=args.port,
@@ -59,6 +65,8 @@ def up(args: argparse.Namespace) -> int:
             run_dir=run_dir,
             worker_args=("--device", args.device) if args.device else (),
             router_args=router_args(args),
+            autoscale=args.autoscale,
+            autoscaler_args=tuple(f"--scaling={pair}" for pair in args.scaling),
         )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -8,6 +8,8 @@ import time
 from dataclasses import replace
 
 from services.autoscaler.config import AutoscalerConfig
+from services.autoscaler.observe import ModelFacts
+from services.autoscaler.orders import STATE_KEY, decode_state
 from services.autoscaler.service import AutoscalerService
 from services.autoscaler.sizes import model_sizes
 from shared import bus, subjects
@@ -43,7 +45,11 @@ def worker_state(worker_id: str, seq: int) -> WorkerState:
     return WorkerState(worker_id, True, ("m1", "m2"), (), None, (), 8, 8, "cpu", seq, time.time())
 
 
-def test_placement_lands_in_the_kv_bucket_and_changes_only_when_the_pool_does(tmp_path):
+def facts(catalog) -> dict[str, ModelFacts]:
+    return {m: ModelFacts(size, catalog.slo(m).tbt_s) for m, size in model_sizes(catalog).items()}
+
+
+def test_fixed_pool_placement_lands_in_the_kv_bucket_changes_with_the_pool_and_survives_a_restart(tmp_path):
     catalog = write_catalog(tmp_path, {"m1": 1024, "m2": 1024})
     config = AutoscalerConfig(nats="-", catalog=tmp_path / "catalog.toml", interval_s=0.2, host_budget_bytes=8192)
 
@@ -55,8 +61,9 @@ def test_placement_lands_in_the_kv_bucket_and_changes_only_when_the_pool_does(tm
         async def report(seq: int) -> None:
             for w in workers:
                 await nc.publish(subjects.WORKER_STATE, encode(worker_state(w, seq)))
-            load = (ModelLoad("m1", 3, 1, seq), ModelLoad("m2", 0, 0, 0))
-            await nc.publish(subjects.ROUTER_STATE, encode(RouterState("router", True, tuple(workers), load, 3, time.time())))
+            load = (ModelLoad("m1", 3, 1, seq, 16 * seq), ModelLoad("m2", 0, 0, 0, 0))
+            state = RouterState("router", True, tuple(workers), load, 3, time.time(), attainment=1.0)
+            await nc.publish(subjects.ROUTER_STATE, encode(state))
 
         async def placement() -> tuple[Placement, int] | None:
             try:
@@ -73,7 +80,7 @@ def test_placement_lands_in_the_kv_bucket_and_changes_only_when_the_pool_does(tm
                 await asyncio.sleep(0.1)
             raise AssertionError(f"no placement with {what}; last: {await placement()}")
 
-        async with AutoscalerService(replace(config, nats=url), model_sizes(catalog)):
+        async with AutoscalerService(replace(config, nats=url), facts(catalog)):
             first, revision = await until(lambda p: p.workers, "a worker")
             assert first.epoch == 1 and first.workers == (WorkerPlacement("w1", ("m1", "m2")),)
             for seq in range(200, 210):  # the same pool: nothing new is written
@@ -81,11 +88,21 @@ def test_placement_lands_in_the_kv_bucket_and_changes_only_when_the_pool_does(tm
                 await asyncio.sleep(0.1)
             assert await placement() == (first, revision)
 
-            workers.append("w2")  # a second worker: the busy model m1 gets a copy there too
+            workers.append("w2")  # a second worker joins: the fixed pool never drains one
             second, _ = await until(lambda p: len(p.workers) == 2, "two workers")
-            assert second.epoch == 2
-            assert second.workers == (WorkerPlacement("w1", ("m1", "m2")), WorkerPlacement("w2", ("m1",)))
+            assert second.epoch == 2 and second.drains == ()
+            assert {m for w in second.workers for m in w.models} == {"m1", "m2"}
+            state_entry = await kv.get(STATE_KEY)
+
+        # a restarted autoscaler reads its state and the placement back and changes nothing
+        async with AutoscalerService(replace(config, nats=url), facts(catalog)) as again:
+            assert again.placement == second
+            for seq in range(300, 320):
+                await report(seq)
+                await asyncio.sleep(0.1)
+            assert (await placement())[0] == second
+            assert decode_state((await kv.get(STATE_KEY)).value).placement == decode_state(state_entry.value).placement
         await nc.close()
 
     with NatsServer(tmp_path / "nats") as server:
-        asyncio.run(asyncio.wait_for(scenario(server.url), 30))
+        asyncio.run(asyncio.wait_for(scenario(server.url), 60))
