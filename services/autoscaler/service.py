@@ -44,7 +44,9 @@ class AutoscalerService:
         self.state = PlannerState()
         self.placement: Placement | None = None
         self._booting: dict[str, float] = {}
-        self._releases: set[asyncio.Task] = set()
+        self._starting = 0
+        """Workers asked of the connector whose start has not returned yet."""
+        self._tasks: set[asyncio.Task] = set()
         self._nc = None
         self._kv = None
         self._task: asyncio.Task | None = None
@@ -57,6 +59,9 @@ class AutoscalerService:
         await self._nc.subscribe(subjects.WORKER_STATE, cb=self._on(WorkerState, self.seen.worker))
         await self._nc.subscribe(subjects.ROUTER_STATE, cb=self._on(RouterState, self.seen.router))
         await self._nc.subscribe(subjects.TURN_REPORTS, cb=self._on(TurnReport, lambda r, now: self.seen.turn(r)))
+        if self.connector is not None:
+            s = self.state
+            self.connector.reserve({*s.placement, *s.draining, *s.released})
         if self.connector is not None and self.config.initial_workers:
             await self._start_workers(self.config.initial_workers, "initial workers")
         self._task = asyncio.create_task(self._loop(), name="autoscaler-plan")
@@ -70,7 +75,7 @@ class AutoscalerService:
             await asyncio.gather(self._task, return_exceptions=True)
         if self.connector is not None:
             await self.connector.close()
-        await asyncio.gather(*self._releases, return_exceptions=True)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._nc is not None and not self._nc.is_closed:
             await self._nc.drain()
 
@@ -98,7 +103,7 @@ class AutoscalerService:
             if worker_id not in live:
                 log.warning("worker %s did not report within %.0f s of its start", worker_id, self.config.boot_timeout_s)
             del self._booting[worker_id]
-        if not live and (self.connector is None or self._booting):
+        if not live and (self.connector is None or self._booting or self._starting):
             return  # nothing to place on yet: keep the last placement for when workers come
         actions, state = decide(tick, self.state, self._scaling(tick))
         for action in actions:
@@ -121,27 +126,35 @@ class AutoscalerService:
 
     async def _carry_out(self, action) -> None:
         if isinstance(action, ScaleUp):
-            count = action.count - len(self._booting)
+            count = action.count - len(self._booting) - self._starting
             if count > 0:
-                await self._start_workers(count, action.reason)
+                self._background(self._start_workers(count, action.reason), "scale-up")
         elif isinstance(action, Release):
             log.info("releasing %s (%s)", action.worker_id, action.reason)
             self.seen.forget(action.worker_id)
             if self.connector is not None and action.worker_id in self.connector.workers():
-                task = asyncio.create_task(self._release(action.worker_id), name=f"release-{action.worker_id}")
-                self._releases.add(task)
-                task.add_done_callback(self._releases.discard)
+                self._background(self._release(action.worker_id), f"release-{action.worker_id}")
         elif isinstance(action, (Drain, Undrain)):
             log.info("%s", action)
         else:
             log.debug("%s", action)
 
+    def _background(self, coro, name: str) -> None:
+        """Starts and releases run beside the planning loop: a worker's start is watched for
+        seconds and a release waits for the worker to drain."""
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def _start_workers(self, count: int, reason: str) -> None:
+        self._starting += count
         try:
             started = await self.connector.start(count)
         except ConnectorError as e:
             log.error("could not start %d worker(s) (%s): %s", count, reason, e)
             started = e.started
+        finally:
+            self._starting -= count
         log.info("started %s (%s)", ", ".join(started), reason)
         now = self.clock()
         self._booting |= {w: now for w in started}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Protocol
 
 
@@ -28,6 +29,10 @@ class Connector(Protocol):
 
     def workers(self) -> list[str]:
         """Workers this connector started that are still up, in start order."""
+        ...
+
+    def reserve(self, worker_ids: Iterable[str]) -> None:
+        """Ids a restarted autoscaler remembers from its state: never give them to a new worker."""
         ...
 
     async def close(self) -> None:

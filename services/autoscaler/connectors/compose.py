@@ -137,6 +137,9 @@ class ComposeConnector:
             self._mine.pop(worker_id, None)
         log.info("released %s (container %s)", worker_id, container[:12])
 
+    def reserve(self, worker_ids) -> None:
+        """Compose workers are named after their containers: nothing to reserve."""
+
     def workers(self) -> list[str]:
         """Workers this connector started and has not released (refresh() drops those that died)."""
         return list(self._mine)

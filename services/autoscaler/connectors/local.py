@@ -38,11 +38,16 @@ class LocalConnector:
         self.nats, self.catalog, self.run_dir = nats, Path(catalog), Path(run_dir)
         self.worker_args, self.command = tuple(worker_args), tuple(command)
         self.id_prefix, self.grace_s, self.settle_s = id_prefix, grace_s, settle_s
-        self._taken = set(existing)
-        numbered = (re.fullmatch(re.escape(id_prefix) + r"(\d+)", w) for w in self._taken)
-        self._next = 1 + max((int(m.group(1)) for m in numbered if m), default=0)
+        self._taken: set[str] = set()
+        self._next = 1
+        self.reserve(existing)
         self._procs: dict[str, subprocess.Popen] = {}
         self._stopping: dict[str, asyncio.Task] = {}
+
+    def reserve(self, worker_ids: Iterable[str]) -> None:
+        self._taken |= set(worker_ids)
+        numbered = (re.fullmatch(re.escape(self.id_prefix) + r"(\d+)", w) for w in self._taken)
+        self._next = max(self._next, 1 + max((int(m.group(1)) for m in numbered if m), default=0))
 
     def argv(self, worker_id: str) -> list[str]:
         return [*self.command, "--nats", self.nats, "--catalog", str(self.catalog), "--worker-id", worker_id,
