@@ -39,9 +39,11 @@ class Prefetch:
 
 @dataclass(frozen=True)
 class Place:
-    """The models the autoscaler placed on this worker: they stay in host memory."""
+    """The models the autoscaler placed on this worker: they stay in host memory; the pinned
+    ones also stay on the device once there (the arena evicts them last)."""
 
     models: frozenset[str]
+    pinned: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

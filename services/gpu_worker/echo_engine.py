@@ -95,6 +95,9 @@ class EchoEngine:
         if self.active == name:
             self.active = None
 
+    def pin(self, names: frozenset[str]) -> None:
+        """Every model counts as resident here: nothing to keep."""
+
     def unload(self, name: str) -> None:
         self.evict(name)
         self._tiers[name] = Tier.DISK

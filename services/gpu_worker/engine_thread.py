@@ -208,6 +208,7 @@ class EngineThread:
             self._prefetch(command.model)
         elif isinstance(command, Place):
             self._place(command.models)
+            self._engine.pin(command.pinned & command.models)
 
     def _assign(self, msg: AssignRequest, headers: dict | None = None) -> None:
         a = assignment(msg)

@@ -176,10 +176,12 @@ class GpuWorker:
         except ProtocolError as e:
             log.warning("ignoring placement: %s", e)
             return
+        pinned = frozenset(m for p in placement.pins if p.worker_id == self.config.worker_id for m in p.models)
         for wp in placement.workers:
             if wp.worker_id == self.config.worker_id:
-                log.info("placement epoch %d: keep %s in host memory", placement.epoch, ", ".join(wp.models) or "nothing")
-                self._thread.submit(cmd.Place(frozenset(wp.models)))
+                log.info("placement epoch %d: keep %s in host memory%s", placement.epoch, ", ".join(wp.models) or "nothing",
+                         f", {', '.join(sorted(pinned))} on the device" if pinned else "")
+                self._thread.submit(cmd.Place(frozenset(wp.models), pinned))
 
     # ---- tokens and state -----------------------------------------------------------
 

@@ -4,7 +4,7 @@ from services.gpu_worker.engine.generate import run_to_completion
 from services.gpu_worker.engine.residency import Tier
 from services.gpu_worker.engine.sequence import EngineRequest, SamplingParams
 
-from .conftest import ALL_MODELS, NEW_TOKENS, small_config
+from .conftest import ALL_MODELS, DEMOS, NEW_TOKENS, small_config
 
 GREEDY = SamplingParams(max_tokens=NEW_TOKENS, temperature=0)
 
@@ -97,5 +97,30 @@ def test_kv_pressure_preempts_and_resumes_without_changing_outputs(model_store, 
         expected = hf_greedy("smollm2-135m-instruct")
         assert [done[f"r{i}"].token_ids for i in range(len(prompt_ids))] == expected
         assert engine.stats().free_pages == engine.stats().total_pages == 6
+    finally:
+        engine.close()
+
+
+def test_a_pinned_model_stays_in_the_arena_while_others_take_turns(model_store):
+    from services.gpu_worker.engine.engine import Engine
+
+    sizes = {}
+    probe = Engine(small_config(), {n: model_store.path(n) for n in DEMOS})
+    try:
+        sizes = {n: probe.slot(n).weight_bytes for n in DEMOS}
+    finally:
+        probe.close()
+    # room for two demo models, not three: each activation of a third evicts one
+    arena = sum(sorted(sizes.values())[1:]) + (1 << 20)
+    engine = Engine(small_config(weight_arena_bytes=arena), {n: model_store.path(n) for n in DEMOS})
+    try:
+        llama, qwen, mistral = DEMOS
+        engine.pin(frozenset({llama}))
+        for name in (llama, qwen, mistral, qwen, mistral):  # llama is the least recently used each time
+            engine.activate(name)
+            assert engine.tier(llama) is Tier.DEVICE
+        engine.pin(frozenset())  # unpinned, it is evicted like any other model
+        engine.activate(qwen)
+        assert engine.tier(llama) is Tier.HOST
     finally:
         engine.close()

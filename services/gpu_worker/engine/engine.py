@@ -101,6 +101,8 @@ class Engine:
         self.copier = Copier(self.device)
         self.scheduler = Scheduler(self.arena.pages, config.max_batch_tokens, config.max_batch_size)
         self.active: str | None = None
+        self.pinned: frozenset[str] = frozenset()
+        """Hot models the autoscaler pinned: evicted from the arena only when nothing else can go."""
         self._slots: dict[str, ModelSlot] = {}
         self._seqs: dict[str, Sequence] = {}
         self._arrivals = itertools.count()
@@ -169,6 +171,9 @@ class Engine:
         if self.active == name:
             self.active = None
 
+    def pin(self, names: frozenset[str]) -> None:
+        self.pinned = frozenset(names)
+
     def unload(self, name: str) -> None:
         self.evict(name)
         self.slot(name).host = None
@@ -191,7 +196,7 @@ class Engine:
                     f"model {slot.cfg.name!r} needs {slot.weight_bytes} bytes of the weight arena "
                     f"({self.config.weight_arena_bytes} bytes); raise weight_arena_bytes"
                 )
-            self.evict(min(victims, key=lambda s: s.last_used).cfg.name)
+            self.evict(min(victims, key=lambda s: (s.cfg.name in self.pinned, s.last_used)).cfg.name)
         return offset
 
     # ---- requests -------------------------------------------------------------------
