@@ -4,7 +4,8 @@ Usage:
     python -m services.autoscaler [--nats URL[,URL...]] [--catalog PATH] [--interval S]
         [--host-budget-gib G] [--gpu-budget-gib G] [--worker-timeout S] [--window S]
         [--connector none|local|compose] [--initial-workers N] [--worker-arg ARG ...]
-        [--run-dir DIR] [--compose-file FILE ...] [--compose-project NAME]
+        [--run-dir DIR] [--compose-file FILE ...] [--compose-project NAME] [--compose-service S]
+        [--compose-slots S1,S2,...] [--compose-profile P ...]
         [--scaling NAME=VALUE ...] [--log-level LEVEL]
 
 --nats defaults to $TOKENPOOL_NATS_URL (nats://127.0.0.1:4222), --catalog to
@@ -56,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--run-dir", type=Path, default=Path("."), help="local connector: folder for worker logs")
     parser.add_argument("--compose-file", action="append", type=Path, default=[], help="compose connector: compose file(s)")
     parser.add_argument("--compose-project", default=None, help="compose connector: project name")
+    parser.add_argument("--compose-service", default="gpu_worker", help="compose connector: the worker service it scales")
+    parser.add_argument("--compose-slots", default="", help="compose connector: comma-separated per-GPU worker services "
+                        "it brings up one by one instead of scaling (compose.gpus.yaml)")
+    parser.add_argument("--compose-profile", action="append", default=[], help="compose connector: a compose profile")
     parser.add_argument("--scaling", action="append", default=[], metavar="NAME=VALUE", help="a planner setting")
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR (default $TOKENPOOL_LOG_LEVEL)")
     return parser
@@ -71,7 +76,9 @@ def make_connector(args: argparse.Namespace):
 
         if not args.compose_file:
             raise ValueError("--connector compose needs --compose-file, e.g. deploy/compose/compose.yaml")
-        return ComposeConnector(compose_files=tuple(args.compose_file), project=args.compose_project)
+        slots = tuple(x.strip() for x in args.compose_slots.split(",") if x.strip())
+        return ComposeConnector(compose_files=tuple(args.compose_file), project=args.compose_project,
+                                service=args.compose_service, slots=slots, profiles=tuple(args.compose_profile))
     if args.initial_workers or args.worker_arg:
         raise ValueError("--initial-workers and --worker-arg need --connector local or compose")
     return None

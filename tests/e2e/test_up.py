@@ -48,3 +48,13 @@ def test_up_serves_then_sigterm_stops_every_child(tmp_path, model_store):
         assert up.wait(60) == 0
     assert _processes_mentioning(str(catalog)) == []
     assert _processes_mentioning(str(tmp_path / "run" / "nats")) == []
+
+
+def test_up_refuses_a_bad_autoscaler_setting_before_starting_anything(tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "services.cli", "up", "--autoscale", "--scaling", "max_workrs=3", "--run-dir", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert run.returncode == 2
+    assert "no setting 'max_workrs'" in run.stderr
+    assert not (tmp_path / "run").exists()
