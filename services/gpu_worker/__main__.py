@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch (default) or echo: no compute, tokens echo the prompt (control-plane benchmarks)")
     p.add_argument("--echo-step-s", type=float, default=WorkerConfig.echo_step_s,
                    help="with --engine echo: seconds each step sleeps, standing in for a model (default 0)")
+    p.add_argument("--turn-linger-s", type=float, default=WorkerConfig.turn_linger_s,
+                   help="seconds a turn that admits newcomers waits for one when its requests are done (default 0.005)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for the engine's math (default: torch's)")
     p.add_argument("--kv-handoff-dir", type=Path, default=None,
                    help="directory where this machine's workers hand KV caches from prefill to decode "
@@ -86,6 +88,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         drain_timeout_s=args.drain_timeout,
         engine=args.engine,
         echo_step_s=args.echo_step_s,
+        turn_linger_s=args.turn_linger_s,
         threads=args.threads,
         kv_handoff_dir=args.kv_handoff_dir or env.kv_handoff_dir(),
     )

@@ -61,6 +61,9 @@ class WorkerConfig:
     """torch: the real engine; echo: no compute, tokens echo the prompt (to measure the control plane)."""
     echo_step_s: float = 0.0
     """With engine=echo, seconds each step sleeps to stand in for a model's step time."""
+    turn_linger_s: float = 0.005
+    """An admitting turn whose requests are all done waits this long for a newcomer before it
+    ends (services/gpu_worker/turn.py); 0 ends it at once."""
     threads: int | None = None
     """CPU threads the engine's math may use (torch.set_num_threads); None keeps torch's default.
     On a small CPU host, fewer threads than cores leave room for the rest of the stack."""
@@ -96,6 +99,8 @@ class WorkerConfig:
             raise ValueError(f"engine {self.engine!r} is not one of {', '.join(ENGINES)}; pass --engine torch or echo")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be at least 1, got {self.threads}; omit it for torch's default")
+        if not 0 <= self.turn_linger_s <= 1:
+            raise ValueError(f"turn_linger_s must be in [0, 1] seconds, got {self.turn_linger_s}")
         if self.echo_step_s < 0:
             raise ValueError(f"echo_step_s must be >= 0 seconds, got {self.echo_step_s}")
         if self.echo_step_s and self.engine != "echo":

@@ -81,8 +81,11 @@ class EngineThread:
         deliver: Callable[[Outbox], None],
         clock: Callable[[], float] = time.perf_counter,
         kv_area: HandoffArea | None = None,
+        turn_linger_s: float = 0.0,
     ):
-        """`kv_area`: this machine's KV hand-off area (default: the one shared/env.py names)."""
+        """`kv_area`: this machine's KV hand-off area (default: the one shared/env.py names);
+        `turn_linger_s`: how long an admitting turn with nothing left waits for a newcomer."""
+        self._linger_s = turn_linger_s
         self._make_engine = make_engine
         self._models = list(models)
         self._context_lengths = context_lengths
@@ -157,7 +160,8 @@ class EngineThread:
         self._flush()
 
     def _loop_once(self) -> bool:
-        for command in self._take_commands(block=self._turn is None):
+        linger = self._turn.linger_left(self._clock()) if self._turn is not None else 0.0
+        for command in self._take_commands(block=self._turn is None or linger > 0, timeout=linger or None):
             if isinstance(command, Stop):
                 self._release_all()
                 self._close_turn_span("stopped")
@@ -172,8 +176,13 @@ class EngineThread:
         self._flush()
         return True
 
-    def _take_commands(self, block: bool) -> list[Command]:
-        commands = [self._commands.get()] if block else []
+    def _take_commands(self, block: bool, timeout: float | None = None) -> list[Command]:
+        commands = []
+        if block:
+            try:
+                commands.append(self._commands.get(timeout=timeout))
+            except queue.Empty:
+                return commands
         while True:
             try:
                 commands.append(self._commands.get_nowait())
@@ -329,7 +338,7 @@ class EngineThread:
             return
         self._idle_since = None
         self._park(msg.park)
-        self._turn = turn = RunningTurn.start(msg, self._turn_requests(msg), idle_s)
+        self._turn = turn = RunningTurn.start(msg, self._turn_requests(msg), idle_s, self._linger_s)
         log.debug("turn %d: %s for %s, quota %.3f s", msg.turn_id, msg.model, ", ".join(turn.requests), msg.quota_s)
         if turn.requests:
             try:
@@ -393,8 +402,8 @@ class EngineThread:
 
     def _step(self) -> None:
         turn = self._turn
-        if self._end_if_over(turn):
-            return
+        if self._end_if_over(turn) or not turn.open:
+            return  # (lingering: nothing to compute until a newcomer joins)
         started = self._clock()
         try:
             outputs = self._engine.step(turn.open)

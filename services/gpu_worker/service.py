@@ -80,6 +80,7 @@ class GpuWorker:
             c.worker_id,
             lambda outbox: loop.call_soon_threadsafe(self._outboxes.put_nowait, outbox),
             kv_area=HandoffArea(c.kv_handoff_dir or env.kv_handoff_dir()),
+            turn_linger_s=c.turn_linger_s,
         )
         self._thread.start()
         for coro in (self._publish_outboxes(), self._report_periodically(), self._watch_placement()):

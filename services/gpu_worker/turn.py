@@ -39,6 +39,11 @@ class RunningTurn:
     switch_s: float = 0.0
     admit_new: bool = False
     """Requests of `model` assigned while the turn runs join it."""
+    linger_s: float = 0.0
+    """An admitting turn whose requests are all done waits this long for a newcomer before it
+    ends `done`: closed-loop clients send their next request as the last one ends, and that
+    newcomer then joins at once instead of waiting a bus round trip for the next RunTurn."""
+    lingering_since: float | None = None
     open: set[str] = field(default_factory=set)
     """Requests of the turn that have not finished (nor been cancelled or failed)."""
     produced: set[str] = field(default_factory=set)
@@ -58,12 +63,12 @@ class RunningTurn:
     decode_s: float = 0.0
 
     @classmethod
-    def start(cls, msg: RunTurn, request_ids: tuple[str, ...], idle_s: float = 0.0) -> RunningTurn:
+    def start(cls, msg: RunTurn, request_ids: tuple[str, ...], idle_s: float = 0.0, linger_s: float = 0.0) -> RunningTurn:
         """`request_ids`: those of msg.request_ids that the worker holds for msg.model."""
         quota = msg.quota_s if not math.isnan(msg.quota_s) else 0.0
         return cls(
             msg.turn_id, msg.model, quota, msg.until_prefilled, tuple(request_ids), idle_s, msg.hand_off,
-            open=set(request_ids), admit_new=msg.admit_new,
+            open=set(request_ids), admit_new=msg.admit_new, linger_s=linger_s if msg.admit_new else 0.0,
         )
 
     def admit(self, request_id: str, model: str) -> bool:
@@ -72,6 +77,7 @@ class RunningTurn:
             return False
         self.requests += (request_id,)
         self.open.add(request_id)
+        self.lingering_since = None
         return True
 
     def stepped(
@@ -128,12 +134,22 @@ class RunningTurn:
         if not self.requests or self.stalled:
             return "idle"
         if not self.open:
+            if self.linger_left(now) > 0:
+                return None
             return "done"
         if self.until_prefilled and self.open <= self.produced:
             return "prefilled"
         if self.first_step_at is not None and now - self.first_step_at >= self.quota_s:
             return "quota"
         return None
+
+    def linger_left(self, now: float) -> float:
+        """Seconds this turn still waits for a newcomer with nothing to compute (0: not lingering)."""
+        if self.open or self.linger_s <= 0 or self.stalled:
+            return 0.0
+        if self.lingering_since is None:
+            self.lingering_since = now
+        return max(self.lingering_since + self.linger_s - now, 0.0)
 
     def report(self, worker_id: str, reason: str, ts: float) -> TurnReport:
         return TurnReport(

@@ -122,3 +122,20 @@ def test_an_admitting_turn_takes_in_requests_of_its_model_assigned_while_it_runs
     assert t.end_reason(now=1.3) == "done" and t.report("w1", "done", 1.3).prefilled == ("b",)
     closed = RunningTurn.start(RunTurn(9, "m", ("a",), math.inf), ("a",))
     assert not closed.admit("b", "m")  # a turn that does not admit newcomers lists its requests
+
+
+def test_an_admitting_turn_with_nothing_left_lingers_for_a_newcomer_then_ends_done():
+    msg = RunTurn(8, "m", ("a",), math.inf, admit_new=True)
+    t = RunningTurn.start(msg, ("a",), linger_s=0.005)
+    t.stepped(DECODE, started_at=1.0, seconds=0.1, produced=["a"], finished=["a"])
+    assert t.end_reason(now=1.1) is None and math.isclose(t.linger_left(1.1), 0.005)  # lingering starts
+    assert t.end_reason(now=1.103) is None and math.isclose(t.linger_left(1.103), 0.002)
+    assert t.admit("b", "m") and t.linger_left(1.104) == 0.0  # a newcomer: back to work
+    t.stepped(PREFILL, started_at=1.104, seconds=0.1, produced=["b"], first=["b"], finished=["b"])
+    assert t.end_reason(now=1.204) is None  # the linger starts again from here
+    assert t.end_reason(now=1.2095) == "done"
+    closed = RunningTurn.start(RunTurn(9, "m", ("a",), math.inf), ("a",), linger_s=0.005)
+    closed.stepped(DECODE, started_at=1.0, seconds=0.1, produced=["a"], finished=["a"])
+    assert closed.end_reason(now=1.1) == "done"  # a turn that admits no newcomer has none to wait for
+    bounded = RunningTurn.start(RunTurn(10, "m", ("a",), 0.5, admit_new=True), ("a",), linger_s=0.005)
+    assert bounded.linger_left(1.0) == 0.0  # open requests: not lingering

@@ -281,3 +281,18 @@ def test_each_turn_is_a_span_with_what_the_router_asked_and_how_it_went(model_st
     first_turn = next(s for s in spans if s.name == "worker.turn")
     assert dict(switch.attributes) == {"from": LLAMA, "to": QWEN}
     assert switch.parent.span_id == first_turn.context.span_id
+
+
+def test_a_newcomer_assigned_while_a_finished_admitting_turn_lingers_joins_that_turn(model_store, prompt_ids, solo):
+    clock = FakeClock()
+    with Harness(model_store, clock=clock, linger_s=0.005) as w:
+        w.assign("r1", LLAMA, prompt_ids)
+        w.turn(1, LLAMA, ["r1"], admit_new=True)
+        w.finished("r1")
+        w.assign("r2", LLAMA, prompt_ids)  # the clock stands still: the turn still lingers
+        w.finished("r2")
+        assert not w.reports, "the turn ended before its linger was over"
+        clock.advance(0.01)
+        report = w.report(1)
+    assert report.reason == "done" and report.finished == ("r1", "r2")
+    assert w.tokens("r2") == solo[LLAMA]

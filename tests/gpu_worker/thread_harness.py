@@ -43,13 +43,14 @@ def plan(model_store, **overrides):
 
 
 class Harness:
-    def __init__(self, model_store, engine_class: type = Engine, clock=None, kv_area=None, **overrides):
+    def __init__(self, model_store, engine_class: type = Engine, clock=None, kv_area=None, linger_s=0.0, **overrides):
         p = plan(model_store, **overrides)
         self.outboxes: queue.Queue[Outbox] = queue.Queue()
         self.chunks: dict[str, list[TokenChunk]] = defaultdict(list)
         self.reports: list[TurnReport] = []
         self.snapshots: list[Snapshot] = []
         extra = {"clock": clock} if clock is not None else {}
+        extra["turn_linger_s"] = linger_s
         if kv_area is not None:
             extra["kv_area"] = kv_area
         make = lambda: engine_class(p.engine, p.paths)  # noqa: E731
