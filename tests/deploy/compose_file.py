@@ -125,3 +125,33 @@ def environment(service: dict) -> dict[str, str]:
     if isinstance(env, list):
         env = dict(item.split("=", 1) for item in env)
     return {key: "" if value is None else str(value) for key, value in env.items()}
+
+
+_REPLACED = {"command", "entrypoint"}
+"""Service attributes an override replaces instead of appending to (the Compose specification's merge rules)."""
+
+
+def merge(base: dict, override: dict) -> dict:
+    """`docker compose -f base -f override`'s model: mappings merge key by key, sequences append,
+    except a service's command and entrypoint (replaced), environment (merged by name) and volumes
+    (merged by target: an override's mount replaces the base's at the same path)."""
+    return _merge(base, override, ())
+
+
+def _merge(base, override, path: tuple[str, ...]):
+    in_service = len(path) == 3 and path[0] == "services"
+    if in_service and path[2] in _REPLACED:
+        return override
+    if in_service and path[2] == "environment":
+        return environment({"environment": base}) | environment({"environment": override})
+    if in_service and path[2] == "volumes":
+        targets = {m.target for m in mounts({"volumes": override})}
+        return [v for v, m in zip(base, mounts({"volumes": base})) if m.target not in targets] + list(override)
+    if isinstance(base, dict) and isinstance(override, dict):
+        merged = dict(base)
+        for key, value in override.items():
+            merged[key] = _merge(base[key], value, (*path, key)) if key in base else value
+        return merged
+    if isinstance(base, list) and isinstance(override, list):
+        return base + override
+    return override
