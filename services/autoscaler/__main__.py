@@ -14,8 +14,9 @@ of the catalog's models. With --connector none (the default) the pool is fixed: 
 placed over the workers that report. `local` starts and releases gpu_worker processes on
 this machine (each gets --worker-arg values); `compose` scales the compose file's gpu_worker
 service. --scaling sets the planner (services/autoscaler/scaling_config.py), e.g.
---scaling cooldown_s=30 --scaling max_workers=8. Stops cleanly on SIGTERM or SIGINT,
-releasing the workers it started.
+--scaling cooldown_s=30 --scaling max_workers=8. Stops cleanly on SIGTERM or SIGINT; the
+local connector's workers stop with it, compose workers keep running (a restarted autoscaler
+finds them by their reports).
 """
 
 from __future__ import annotations

@@ -10,7 +10,9 @@ Each tick:
    below target: undrain a draining worker, else ScaleUp (at most once per scale_up_cooldown_s).
    Fewer: drain one worker when total share <= (kept - 1) * fill * low_water, attainment is
    >= target + margin (or unknown), no scale event within cooldown_s, and every active model
-   still has a copy without it;
+   still has a copy without it, with host memory to spare: the active models' weights within
+   low_water of the other kept workers' host memory (else the next model to wake up finds no
+   room and brings a worker straight back);
 4. placement (layout.py) over the kept workers; a draining worker keeps only the models of the
    requests it holds; each of them is `finish` there for drain_grace_s, then `move` to a kept
    worker holding its model (it stays `finish` when none does: no request is dropped); a
@@ -82,7 +84,7 @@ def decide(tick: TickInput, state: PlannerState, config: ScalingConfig) -> tuple
           and total <= (len(kept) - 1) * config.fill * config.low_water
           and (tick.attainment is None or tick.attainment >= config.target_attainment + config.attainment_margin)
           and now - max(scaled_up_at, scaled_down_at, started_at) >= config.cooldown_s):
-        drained = _pick_drain(kept, layout, state, sizes, want, share, active, last_active)
+        drained = _pick_drain(kept, layout, state, sizes, want, share, active, last_active, config.low_water)
         if drained is not None:
             worker_id, layout = drained
             del kept[worker_id]
@@ -136,14 +138,18 @@ def _unplaced(layout, kept, sizes, active, want) -> list[str]:
     return sorted(m for m in active if want[m] >= 1 and not any(m in models for models in layout.values()))
 
 
-def _pick_drain(kept, layout, state, sizes, want, share, active, last_active):
+def _pick_drain(kept, layout, state, sizes, want, share, active, last_active, low_water):
     """The cheapest worker to drain (fewest requests held, least demand hosted) whose going
-    leaves every active model placed; with the layout without it."""
+    leaves every active model placed and their weights within low_water of the rest's host
+    memory; with the layout without it."""
     def hosted_share(w: str) -> float:
         return sum(share[m] for m in layout[w])
 
+    active_bytes = sum(sizes[m] for m in active)
     for worker_id in sorted(kept, key=lambda w: (len(kept[w].in_flight), hosted_share(w), w)):
         rest = {w: s for w, s in kept.items() if w != worker_id}
+        if active_bytes > low_water * sum(w.host_bytes for w in rest.values()):
+            continue
         without = lay_out(rest, state.placement, sizes, want, share, last_active)
         if not _unplaced(without, rest, sizes, active, want):
             return worker_id, without

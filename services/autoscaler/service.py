@@ -132,7 +132,7 @@ class AutoscalerService:
         elif isinstance(action, Release):
             log.info("releasing %s (%s)", action.worker_id, action.reason)
             self.seen.forget(action.worker_id)
-            if self.connector is not None and action.worker_id in self.connector.workers():
+            if self.connector is not None and action.reason == "drained":
                 self._background(self._release(action.worker_id), f"release-{action.worker_id}")
         elif isinstance(action, (Drain, Undrain)):
             log.info("%s", action)
@@ -162,8 +162,8 @@ class AutoscalerService:
     async def _release(self, worker_id: str) -> None:
         try:
             await self.connector.release(worker_id)
-        except ConnectorError as e:
-            log.error("could not release %s: %s", worker_id, e)
+        except ConnectorError as e:  # e.g. a worker this connector did not start (local) or that is gone
+            log.warning("could not release %s: %s", worker_id, e)
 
     async def _read(self, key: str, parse: Callable, what: str):
         try:

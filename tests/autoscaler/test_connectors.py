@@ -207,7 +207,7 @@ def test_compose_scales_the_service_and_learns_the_new_workers_ids_from_their_co
         conn = ComposeConnector(["deploy/compose/compose.yaml"], service="cpu_worker", profiles=["cpu"], runner=docker)
         ids = await conn.start(2)
         new = [cid for cid in docker.running if cid != FIRST]
-        assert ids == [f"worker-{cid[:12]}-1" for cid in new] and conn.workers() == ids
+        assert ids == [f"worker-{cid[:12]}" for cid in new] and conn.workers() == ids
         assert docker.calls[:3] == [
             COMPOSE + ["ps", "-q", "cpu_worker"],
             ["docker", "inspect", FIRST],
@@ -219,7 +219,7 @@ def test_compose_scales_the_service_and_learns_the_new_workers_ids_from_their_co
         assert conn.workers() == [ids[1]] and new[0] not in docker.running
 
         docker.calls.clear()  # a worker compose started before the autoscaler: found by its id
-        await conn.release(f"worker-{FIRST[:12]}-1")
+        await conn.release(f"worker-{FIRST[:12]}")
         assert docker.calls[-2:] == [["docker", "stop", "-t", "30", FIRST], ["docker", "rm", FIRST]]
         with pytest.raises(ConnectorError, match=r"'worker-nobody'.*no running container of cpu_worker"):
             await conn.release("worker-nobody")
@@ -240,7 +240,7 @@ def test_compose_gpu_slots_start_services_not_running_and_refuse_beyond_them():
         assert len(ids) == 2 and docker.calls[2] == [
             "docker", "compose", "-f", "compose.yaml", "-f", "compose.gpus.yaml", "-p", "pool", "--profile", "gpu",
             "up", "-d", "--no-deps", "--no-recreate", "gpu_worker_1", "gpu_worker_2"]
-        with pytest.raises(ConnectorError, match=r"asked for 1 new workers but only 0 of the services"):
+        with pytest.raises(ConnectorError, match=r"asked for 1 new workers but none of the services"):
             await conn.start(1)
         await conn.close()
         assert list(docker.running) == [FIRST] and conn.workers() == []

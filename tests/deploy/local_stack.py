@@ -14,6 +14,7 @@ Commands and environment are otherwise exactly the compose file's.
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -103,6 +104,10 @@ def local_process(name: str, service: dict, mapping: Mapping, work_dir: Path) ->
         argv = [nats_server_binary(), *command, "-a", "127.0.0.1", "-p", ports["4222"], "-m", ports["8222"]]
     elif command[0] == "python":
         argv = [sys.executable, *command[1:]]
+    elif command[:2] == ["sh", "-c"] and command[2].startswith("exec python "):
+        # The workers' line, which names the worker after $HOSTNAME (docker sets it).
+        argv = ["sh", "-c", f"exec {shlex.quote(sys.executable)} {command[2].removeprefix('exec python ')}"]
+        env.setdefault("HOSTNAME", name)
     else:
         raise ValueError(f"service {name}: no local stand-in for image {service['image']}")
     return LocalProcess(name, argv, env, work_dir / name, work_dir / f"{name}.log")

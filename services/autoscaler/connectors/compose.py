@@ -8,9 +8,9 @@ Two shapes of project:
 release(worker) is `docker stop -t GRACE <container>` then `docker rm <container>`: SIGTERM drains the
 worker, and compose's count drops by that very container instead of one compose would pick.
 
-A container's worker id is its TOKENPOOL_WORKER_ID when set, else the gpu_worker's default
-`worker-<hostname>-<pid>`: docker names the host after the short container id, and python is
-pid 1 because compose.yaml runs it in exec form without an init process.
+A container's worker id is its TOKENPOOL_WORKER_ID when set, else `worker-<hostname>`, which
+compose.yaml's worker command passes as --worker-id (docker names the host after the short
+container id).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def compose_worker_id(container: dict) -> str:
     if env.get("TOKENPOOL_WORKER_ID"):
         return env["TOKENPOOL_WORKER_ID"]
     host = re.sub(r"[^A-Za-z0-9_-]", "-", config.get("Hostname") or container["Id"][:12])
-    return f"worker-{host}-1"
+    return f"worker-{host}"
 
 
 class ComposeConnector:
@@ -118,9 +118,9 @@ class ComposeConnector:
             return ["--scale", f"{self.services[0]}={len(running) + count}", self.services[0]]
         busy = {(c.get("Config", {}).get("Labels") or {}).get("com.docker.compose.service") for c in running.values()}
         free = [s for s in self.slots if s not in busy]
-        if len(free) < count:
-            raise ConnectorError(f"asked for {count} new workers but only {len(free)} of the services "
-                                 f"{', '.join(self.slots)} are not running ({', '.join(free) or 'none'})")
+        if not free:  # fewer free than asked: start what fits (start() says how many came up)
+            raise ConnectorError(f"asked for {count} new workers but none of the services "
+                                 f"{', '.join(self.slots)} is free: each already runs")
         return free[:count]
 
     async def release(self, worker_id: str) -> None:
