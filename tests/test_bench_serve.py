@@ -48,13 +48,15 @@ def test_bench_serve_json_has_every_section_with_positive_numbers(model_store, t
     assert processes_mentioning(str(tmp_path)) == []  # nothing it started outlives it
 
 
-def test_bench_serve_rejects_a_single_token():
-    result = subprocess.run(
-        [str(TOKENPOOL), "bench", "serve", "--tokens", "1"], capture_output=True, text=True, timeout=60
-    )
+@pytest.mark.parametrize("args, message", [
+    (["--tokens", "1"], "at least 2 tokens"),
+    (["--turn-linger-s", "-0.1"], "--turn-linger-s -0.1: use 0 to 1 seconds"),
+])
+def test_bench_serve_rejects_bad_settings_naming_them(args, message):
+    result = subprocess.run([str(TOKENPOOL), "bench", "serve", *args], capture_output=True, text=True, timeout=60)
 
     assert result.returncode == 2
-    assert "--tokens 1" in result.stderr and "at least 2 tokens" in result.stderr and "Traceback" not in result.stderr
+    assert args[0] in result.stderr and message in result.stderr and "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])

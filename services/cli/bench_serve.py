@@ -39,6 +39,8 @@ def register(kinds) -> None:
     p.add_argument("--engine", choices=("echo", "torch"), default="echo", help="worker engine (default: %(default)s)")
     p.add_argument("--model", default="demo-llama", help="model in the store (default: %(default)s)")
     p.add_argument("--echo-step-s", type=float, default=0.0, help="echo engine: sleep per step (default: 0)")
+    p.add_argument("--turn-linger-s", type=float, default=None,
+                   help="the worker's --turn-linger-s (default: the worker's default)")
     p.add_argument("--warmup-s", type=float, help="requests started earlier are left out of latencies "
                    "(default: a fifth of --duration-s, at most 2)")
     p.add_argument("--max-requests", type=int, default=100_000, help="cap on requests sent (default: %(default)s)")
@@ -59,6 +61,8 @@ def _check(args: argparse.Namespace) -> str | None:
         return f"--duration-s {args.duration_s}: use more than 0 and at most 3600 seconds"
     if args.echo_step_s < 0 or (args.echo_step_s and args.engine != "echo"):
         return "--echo-step-s must be >= 0 and only goes with --engine echo"
+    if args.turn_linger_s is not None and not 0 <= args.turn_linger_s <= 1:
+        return f"--turn-linger-s {args.turn_linger_s}: use 0 to 1 seconds"
     if args.max_requests < 1:
         return f"--max-requests {args.max_requests}: must be at least 1"
     if args.engine_duration_s is not None and not 0 < args.engine_duration_s <= 600:
@@ -111,6 +115,8 @@ def _run(args, model_path: Path, tmp: Path, warmup_s: float, engine_s: float) ->
     worker_args = ["--models", args.model, "--engine", args.engine, "--max-batch-size", str(batch)]
     if args.echo_step_s:
         worker_args += ["--echo-step-s", str(args.echo_step_s)]
+    if args.turn_linger_s is not None:
+        worker_args += ["--turn-linger-s", str(args.turn_linger_s)]
     router_args = ["--max-running-per-worker", str(max(16, args.streams))]
     (tmp / "stack").mkdir()
     _log("starting nats-server, router, gpu_worker, gateway")

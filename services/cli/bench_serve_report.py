@@ -60,7 +60,7 @@ def build_report(args, info, prompt_ids, batch, warmup_s, engine_s, alone, serve
             "streams": args.streams, "tokens": args.tokens, "duration_s": args.duration_s, "engine": args.engine,
             "model": args.model, "echo_step_s": args.echo_step_s, "warmup_s": warmup_s,
             "engine_duration_s": engine_s, "prompt_tokens": len(prompt_ids), "worker_max_batch_size": batch,
-            "max_requests": args.max_requests,
+            "max_requests": args.max_requests, "turn_linger_s": args.turn_linger_s,
         },
         "machine": info,
         "stack": served,
