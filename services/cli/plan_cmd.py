@@ -2,6 +2,7 @@
 
 tokenpool plan --workload ../shared/data/aegaeon/workloads/synth-40-0.1-1.0-1.0.csv --gpu-profile H100 --target 0.9 --json
 tokenpool plan --workload synthetic --models 24 --plot gpus.png
+tokenpool plan --workload servegen --models 80 --window 0:1d --rate 5 --autoscale --json
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import argparse
 import json
 import sys
 
+from services.cli.autoscale_args import add_autoscale_arguments, autoscale_config
 from services.cli.workload_args import (
     add_workload_arguments,
     positive_float,
@@ -44,8 +46,10 @@ def register(subparsers) -> None:
         help="virtual seconds after the last arrival before unfinished requests count as lost; "
         "short keeps overloaded probes quick (default: %(default)s)",
     )  # fmt: skip
-    p.add_argument("--plot", metavar="PNG", help="also draw the GPUs each policy needs to this PNG file")
+    p.add_argument("--plot", metavar="PNG", help="also draw the GPUs each policy needs to this PNG file "
+                   "(with --autoscale: GPUs in use over time)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a summary")
+    add_autoscale_arguments(p)
     p.set_defaults(handler=plan)
 
 
@@ -74,6 +78,9 @@ def plan(args: argparse.Namespace) -> int:
             print(f"  {policy}: {gpus} GPUs -> attainment {100 * attainment:.1f}%", file=sys.stderr, flush=True)
 
     try:
+        autoscale = autoscale_config(args, target=args.target)
+        if autoscale is not None:
+            return _plan_autoscaled(args, autoscale)
         workload = workload_for_profile(workload_from_args(args), args.gpu_profile)
         base = SimConfig(gpu_profile=args.gpu_profile, ttft_s=args.ttft, tbt_s=args.tbt, drain_s=args.drain)
         plans = planner.plan(workload, args.target, base, args.policies, progress=progress)
@@ -127,4 +134,95 @@ def _text(report: dict) -> str:
             )
     if report["ratios"]:
         lines.append("  " + "  ".join(f"{k} {v}" for k, v in report["ratios"].items()))
+    return "\n".join(lines)
+
+
+def _plan_autoscaled(args: argparse.Namespace, autoscale) -> int:
+    """GPU-hours per policy over the workload's span, token and request under the autoscaler."""
+    from services.sim import plan as planner
+    from services.sim.errors import SimError
+    from services.sim.run import SimConfig
+
+    def progress(policy: str, p: dict) -> None:
+        if not args.json:
+            print(f"  {policy}: {_hours_line(p)} ({p['wall_s']} s)", file=sys.stderr, flush=True)
+
+    try:
+        if not {"token", "request"} & set(args.policies):
+            raise SimError("--autoscale sizes the token and request pools; --policies has neither "
+                           "(dedicated keeps its GPUs all along)")  # fmt: skip
+        workload = workload_for_profile(workload_from_args(args), args.gpu_profile)
+        base = SimConfig(
+            gpus=autoscale.scaling.min_workers, gpu_profile=args.gpu_profile, ttft_s=args.ttft, tbt_s=args.tbt,
+            drain_s=args.drain, autoscale=autoscale,
+        )  # fmt: skip
+        policies = planner.plan_autoscaled(workload, args.target, base, args.policies, progress=progress)
+        report = {
+            "target": args.target,
+            "workload": workload.name,
+            "models": len(workload.models),
+            "requests": len(workload.arrivals),
+            "hours": round(workload.duration_s / 3600, 3),
+            "gpu_profile": args.gpu_profile,
+            "ttft_slo_s": args.ttft,
+            "tbt_slo_s": args.tbt,
+            "autoscale": _autoscale_settings(autoscale),
+            "policies": policies,
+            "missed_target": [name for name, p in policies.items() if not p["target_met"]],
+            "ratios": _hours_ratios(policies),
+        }
+        if args.plot:
+            from services.sim.plots_autoscale import gpus_over_time_plot
+
+            title = f"{workload.name}\nGPUs in use on {args.gpu_profile}, token and request autoscaled"
+            gpus_over_time_plot(policies, args.plot, title)
+    except SimError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(report) if args.json else _hours_text(report))
+    return 0
+
+
+def _autoscale_settings(autoscale) -> dict:
+    import dataclasses
+
+    return {
+        "scaling": dataclasses.asdict(autoscale.scaling),
+        "tick_s": autoscale.tick_s,
+        "window_s": autoscale.window_s,
+        "boot_s": autoscale.boot_s,
+        "host_bytes": autoscale.host_bytes,
+    }
+
+
+def _hours_ratios(policies: dict) -> dict:
+    """GPU-hours of token over dedicated and over request, and of request over dedicated."""
+    out = {}
+    for a, b in (("token", "dedicated"), ("token", "request"), ("request", "dedicated")):
+        if a in policies and b in policies:
+            x, y = policies[a]["gpu_hours"], policies[b]["gpu_hours"]
+            out[f"{a}_vs_{b}_gpu_hours"] = round(x / y, 4) if x is not None and y else None
+    return out
+
+
+def _hours_line(p: dict) -> str:
+    if p["gpu_hours"] is None:
+        return p.get("note", "no pool reached the target")
+    line = (f"{p['gpu_hours']:.4g} GPU-hours (peak {p['peak_gpus']}, mean {p['mean_gpus']:.2f} GPUs), "
+            f"attainment {100 * p['attainment']:.1f}%")  # fmt: skip
+    return line if p["target_met"] else line + " -- MISSED the target"
+
+
+def _hours_text(report: dict) -> str:
+    lines = [
+        f"{report['workload']}: {report['requests']} requests for {report['models']} models over "
+        f"{report['hours']:g} h on {report['gpu_profile']}, target attainment {100 * report['target']:g}% "
+        f"(TTFT {report['ttft_slo_s']:g} s, TBT {report['tbt_slo_s']:g} s); token and request autoscaled"
+    ]
+    for name, p in report["policies"].items():
+        lines.append(f"  {name:9s} {_hours_line(p)}")
+    if report["ratios"]:
+        lines.append("  " + "  ".join(f"{k} {v}" for k, v in report["ratios"].items()))
+    if report["missed_target"]:
+        lines.append(f"  missed the target: {', '.join(report['missed_target'])}")
     return "\n".join(lines)

@@ -3,6 +3,7 @@
 tokenpool sim --workload ../shared/data/aegaeon/workloads/synth-8-0.1-1.0-1.0.csv --gpus 2 --policy token --json
 tokenpool sim --workload synthetic --synthetic-models 8 --duration 120 --gpus 1 --policy request
 tokenpool sim --workload ../shared/data/aegaeon/workloads/synth-16-0.1-1.0-1.0.csv --gpus 2 --compare --json
+tokenpool sim --workload servegen --models 80 --window 20h:1h --rate 5 --policy token --autoscale
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import dataclasses
 import json
 import sys
 
+from services.cli.autoscale_args import add_autoscale_arguments, autoscale_config
 from services.cli.workload_args import (
     add_workload_arguments,
     positive_float,
@@ -83,6 +85,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--json", action="store_true", help="print one JSON object instead of a summary"
     )
+    add_autoscale_arguments(p)
     p.set_defaults(handler=sim)
 
 
@@ -92,6 +95,10 @@ def sim(args: argparse.Namespace) -> int:
 
     policies = POLICIES if args.compare else (args.policy,)
     try:
+        autoscale = autoscale_config(args)
+        if autoscale is not None and (args.compare or args.plot):
+            raise SimError("--autoscale runs one policy: leave out --compare and --plot "
+                           "(tokenpool plan --autoscale compares the policies' GPU-hours)")  # fmt: skip
         workload = workload_for_profile(workload_from_args(args), args.gpu_profile)
         config = SimConfig(
             gpus=args.gpus,
@@ -101,6 +108,7 @@ def sim(args: argparse.Namespace) -> int:
             ttft_s=args.ttft,
             tbt_s=args.tbt,
             drain_s=args.drain,
+            autoscale=autoscale,
         )
         summaries = {}
         for policy in policies:
@@ -166,5 +174,16 @@ def _text(s: dict) -> str:
             f"  switches {s['switches']} ({s['switch_s']} s)  weight copies {s['weight_copies']}  "
             f"turns {s['turns']}  GPU busy {pct(s['gpu_busy_fraction'])}",
             f"  {s['simulated_s']} s simulated in {s['wall_s']} s ({s['events']} events)",
+            *_autoscaled_text(s),
         ]
     )
+
+
+def _autoscaled_text(s: dict) -> list[str]:
+    if "gpu_hours" not in s:
+        return []
+    return [
+        f"  autoscaled from {s['gpus']} GPU(s): {s['gpu_hours']} GPU-hours, peak {s['peak_gpus']}, "
+        f"mean {s['mean_gpus']} GPUs, {s['gpus_at_end']} at the end; planner actions {s['actions']}, "
+        f"requests moved {s['moves']}"
+    ]

@@ -26,6 +26,7 @@ from services.router.config import PolicyConfig, TimePriors
 from services.router.decisions import Assign, Cancel, Decision, Done, Reject, StartTurn
 from services.router.policy import RouterPolicy
 from services.router.slo.attainment import RequestSlo, request_slo, summarize
+from services.sim.autoscale import AutoscaleConfig
 from services.sim.cost import CostModel
 from services.sim.errors import SimError
 from services.sim.events import EventLoop
@@ -48,6 +49,10 @@ attainment and 4 s by 15-20 (bench/README.md)."""
 
 SLOTS_PER_GPU = 256
 """The policy's max_running_per_worker for a simulated GPU."""
+
+WAKE_BEFORE_ARRIVAL_S = 1.0
+"""skip_idle: workers report again this long before the next arrival (the policy drops a worker
+silent for its worker_timeout_s, 2 s)."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,13 @@ class SimConfig:
     worker: SimWorkerConfig = field(default_factory=SimWorkerConfig)
     policy: PolicyConfig | None = None
     """None: the policy's defaults with `scheduling` and time priors that match the GPU profile."""
+    skip_idle: bool = False
+    """Skip the stretches with no request in the system (no policy tick, no worker report) to
+    shortly before the next arrival: a model alone on its GPUs, idle most of a day, simulates
+    in a fraction of the time. Not with an autoscaler (it acts while the pool is idle)."""
+    autoscale: AutoscaleConfig | None = None
+    """Run the autoscaler's planner (services/sim/autoscale.py): `gpus` workers at first, then as
+    many as it asks for, each counted from when it is asked for until it is released."""
 
     def __post_init__(self):
         if not isinstance(self.gpus, int) or self.gpus < 1:
@@ -88,6 +100,13 @@ class SimConfig:
             raise SimError(f"ttft ({self.ttft_s}) and tbt ({self.tbt_s}) must be positive seconds")
         if self.bus_delay_s < 0 or self.tick_interval_s <= 0 or self.drain_s < 0:
             raise SimError("bus_delay_s and drain_s must be >= 0 and tick_interval_s > 0")
+        if self.autoscale is not None:
+            if self.skip_idle:
+                raise SimError("skip_idle would stop the autoscaler's view of an idle pool: leave it off with autoscale")
+            if self.scheduling == "dedicated":
+                raise SimError("dedicated serving keeps one GPU per model all along: the autoscaler sizes the token and request pools")
+            if self.prefill_gpus:
+                raise SimError("the autoscaler's pool has no prefill-only GPUs: leave prefill_gpus at 0")
 
 
 @dataclass
@@ -116,6 +135,10 @@ class SimResult:
     """The policy's name when it is not config.scheduling's (dedicated)."""
     gpu_seconds: float | None = None
     """GPU time the run spans; None: gpus x simulated_s."""
+    gpus_over_time: list[tuple[float, int]] | None = None
+    """Autoscaled runs: (t, GPUs asked for and not released from t on), at every change."""
+    autoscale: dict | None = None
+    """Autoscaled runs: GPU-hours, peak and mean GPUs, the planner's actions (SimAutoscaler.summary)."""
 
     def slo(self, record: RequestRecord) -> RequestSlo:
         times = record.token_times if record.finished else []
@@ -169,7 +192,7 @@ class SimResult:
             "events": self.events,
             "anomalies": len(anomalies),
             "anomaly_examples": anomalies[:5],
-        }
+        } | (self.autoscale or {})
 
 
 def _round(value: float | None, digits: int = 4) -> float | None:
@@ -216,19 +239,55 @@ class Simulation:
         slos = {m: (config.ttft_s, config.tbt_s) for m in models}
         self.policy = RouterPolicy(models, policy, now=self.loop.now, slos=slos)
         self.workers: dict[str, SimWorker] = {}
-        width = len(str(config.gpus - 1))
-        for i in range(config.gpus):
-            wid = f"gpu{i:0{width}d}"  # the policy takes the first ids (in sort order) as prefill workers
-            outbox = Outbox(
-                self._from_worker(self._on_chunks),
-                self._from_worker(self._on_report),
-                self._from_worker(self._on_state),
-            )
-            self.workers[wid] = SimWorker(wid, self.loop, self.cost, models, outbox, config.worker)
+        self._released: set[str] = set()
+        self.autoscaler = None
+        if config.autoscale is not None:
+            from services.sim.autoscale_driver import SimAutoscaler
+
+            self.autoscaler = SimAutoscaler(self, config.autoscale)
+        else:
+            width = len(str(config.gpus - 1))
+            for i in range(config.gpus):
+                self._new_worker(f"gpu{i:0{width}d}")  # the policy takes the first ids (in sort order) as prefill workers
         self.records: dict[str, RequestRecord] = {}
+        self._open: dict[str, str] = {}
+        """Requests arrived and not yet ended -> their model."""
         self._ended = 0
         self._arrived = 0
         self._decisions: Counter[str] = Counter()
+
+    def _new_worker(self, wid: str) -> SimWorker:
+        outbox = Outbox(
+            self._from_worker(self._on_chunks),
+            self._from_worker(self._on_report),
+            self._from_worker(self._on_state),
+        )
+        worker = self.workers[wid] = SimWorker(wid, self.loop, self.cost, self.workload.models, outbox, self.config.worker)
+        return worker
+
+    def add_worker(self, wid: str) -> None:
+        """A worker joins mid-run (the autoscaler's): it reports at once."""
+        if wid in self.workers:
+            raise SimError(f"worker {wid} already exists")
+        self._new_worker(wid).start()
+
+    def release_worker(self, wid: str) -> None:
+        """The worker stops reporting; commands still on their way to it are carried out."""
+        self.workers[wid].stop()
+        self._released.add(wid)
+
+    def held_requests(self) -> dict[str, set[tuple[str, str]]]:
+        """Worker -> (request id, model) of the requests the policy has assigned to it or it holds."""
+        held: dict[str, set[tuple[str, str]]] = {}
+        for rid, model in self._open.items():
+            holder = self.policy.holder(rid)
+            if holder is not None:
+                held.setdefault(holder, set()).add((rid, model))
+        for wid, worker in self.workers.items():
+            if wid not in self._released:
+                for rid, seq in worker.seqs.items():
+                    held.setdefault(wid, set()).add((rid, seq.model))
+        return held
 
     # ---- running ----------------------------------------------------------------------
 
@@ -236,13 +295,16 @@ class Simulation:
         started = time.perf_counter()
         for i, arrival in enumerate(self.workload.arrivals):
             self.loop.at(arrival.time_s, self._arrive, f"r{i}", arrival)
-        for worker in self.workers.values():
-            worker.start()
+        if self.autoscaler is not None:
+            self.autoscaler.start(self.config.gpus)
+        else:
+            for worker in self.workers.values():
+                worker.start()
         self.loop.after(self.config.tick_interval_s, self._tick)
         self.loop.run(until=self.workload.duration_s + self.config.drain_s)
         for worker in self.workers.values():
             worker.stop()
-        return SimResult(
+        result = SimResult(
             self.config,
             self.workload,
             list(self.records.values()),
@@ -251,10 +313,16 @@ class Simulation:
             time.perf_counter() - started,
             self.loop.processed,
         )
+        if self.autoscaler is not None:
+            result.gpu_seconds = self.autoscaler.ledger.gpu_seconds(self.loop.now)
+            result.gpus_over_time = list(self.autoscaler.ledger.series)
+            result.autoscale = self.autoscaler.summary(self.loop.now)
+        return result
 
     def _arrive(self, rid: str, arrival: Arrival) -> None:
         self._arrived += 1
         self.records[rid] = RequestRecord(rid, arrival)
+        self._open[rid] = arrival.model
         request = GenerateRequest(
             id=rid,
             model=arrival.model,
@@ -263,10 +331,24 @@ class Simulation:
             token_subject=f"sim.tokens.{rid}",
             created_at=self.loop.now,
         )
-        self._apply(self.policy.submit(request, self.loop.now))
+        self.apply(self.policy.submit(request, self.loop.now))
 
     def _tick(self) -> None:
-        self._apply(self.policy.tick(self.loop.now))
+        now = self.loop.now
+        self.apply(self.policy.tick(now))
+        if self.config.skip_idle and self._arrived < len(self.workload.arrivals):
+            wake_at = self.workload.arrivals[self._arrived].time_s - WAKE_BEFORE_ARRIVAL_S
+            if wake_at - now > self.config.tick_interval_s and not self._open and not any(w.seqs for w in self.workers.values()):
+                for worker in self.workers.values():
+                    worker.stop()
+                self.loop.at(wake_at, self._wake)
+                return
+        self.loop.after(self.config.tick_interval_s, self._tick)
+
+    def _wake(self) -> None:
+        """Back from skipping an idle stretch: workers report (the policy sees them live) before the next arrival."""
+        for worker in self.workers.values():
+            worker.start()
         self.loop.after(self.config.tick_interval_s, self._tick)
 
     # ---- worker -> router (and client) ---------------------------------------------------
@@ -292,17 +374,19 @@ class Simulation:
                 record.error = f"{chunk.error.code} {chunk.error.type}: {chunk.error.message}"
             elif chunk.finish_reason is not None and chunk.index + len(chunk.token_ids) == len(record.token_times):
                 record.finished = True
-        self._apply(self.policy.on_tokens(chunk, self.loop.now))
+        self.apply(self.policy.on_tokens(chunk, self.loop.now))
 
     def _on_report(self, report: TurnReport) -> None:
-        self._apply(self.policy.on_turn_report(report, self.loop.now))
+        if self.autoscaler is not None:
+            self.autoscaler.on_turn_report(report)
+        self.apply(self.policy.on_turn_report(report, self.loop.now))
 
     def _on_state(self, state: WorkerState) -> None:
-        self._apply(self.policy.on_worker_state(state, self.loop.now))
+        self.apply(self.policy.on_worker_state(state, self.loop.now))
 
     # ---- router -> workers ----------------------------------------------------------------
 
-    def _apply(self, decisions: list[Decision]) -> None:
+    def apply(self, decisions: list[Decision]) -> None:
         delay = self.config.bus_delay_s
         for d in decisions:
             self._decisions[type(d).__name__] += 1
@@ -327,6 +411,7 @@ class Simulation:
         record.ends.append(how)
         if len(record.ends) == 1:
             self._ended += 1
+            self._open.pop(rid, None)
             if self._ended == len(self.workload.arrivals):
                 self.loop.stop()
 
