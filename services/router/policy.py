@@ -297,7 +297,8 @@ class RouterPolicy:
                 1 for h in schedule.held.values() if h.model == model and not h.prefilled
             )
             if 0 < waiting % self.config.max_prefill_group and scoring.can_take(view, model, self.config):
-                return view
+                if not (self._replicated(model) and self._held_of(view.worker_id, model) >= self.config.max_batch_size):
+                    return view
         return self._home(live, model)
 
     def _home(self, views: list[WorkerView], model: str) -> WorkerView | None:
@@ -305,11 +306,17 @@ class RouterPolicy:
         the new one: it joins their batch, so the model costs that worker no extra step or switch,
         where a second worker would spend both. Otherwise the worker whose held models ask the
         least of it (`_demand`) takes it, warmth and load breaking ties; that spreads the models
-        over the pool instead of piling them where one happens to be resident."""
+        over the pool instead of piling them where one happens to be resident. A model the
+        autoscaler placed on several workers (replicas) goes only to those, and a holder whose
+        batch of it is full lets the next request go to another replica."""
         candidates = [v for v in views if scoring.can_take(v, model, self.config)]
         if not candidates:
             return None
         holders = [v for v in candidates if self._holds(v.worker_id, model)]
+        placed = [v for v in candidates if model in self._placed.get(v.worker_id, ())]
+        if self._replicated(model) and placed:  # a full batch spills to the next replica
+            holders = [v for v in holders if self._held_of(v.worker_id, model) < self.config.max_batch_size]
+            candidates = placed
         if holders:
             return min(holders, key=lambda v: (v.load, v.worker_id))
         return min(
@@ -326,6 +333,14 @@ class RouterPolicy:
     def _holds(self, worker_id: str, model: str) -> bool:
         schedule = self._schedules.get(worker_id)
         return schedule is not None and any(h.model == model for h in schedule.held.values())
+
+    def _replicated(self, model: str) -> bool:
+        """The autoscaler placed the model on more than one worker."""
+        return sum(model in models for models in self._placed.values()) > 1
+
+    def _held_of(self, worker_id: str, model: str) -> int:
+        schedule = self._schedules.get(worker_id)
+        return 0 if schedule is None else sum(h.model == model for h in schedule.held.values())
 
     def _demand(self, view: WorkerView) -> tuple[float, int]:
         """(the share of the worker's time its held models need to keep their TBT, how many

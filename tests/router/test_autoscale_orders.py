@@ -110,3 +110,22 @@ def test_a_request_turned_away_counts_as_missed():
     assert p.snapshot(0.1).attainment == 0.0
     p.submit(request("r3", "zzz"), now=0.2)  # unknown model: the user's mistake, not a missed SLO
     assert p.snapshot(0.2).attainment == 0.0
+
+
+def test_a_hot_models_replicas_share_its_requests_once_a_batch_is_full():
+    p = policy(max_batch_size=2)
+    for w in ("w1", "w2", "w3"):
+        p.on_worker_state(state(w, 1), now=0.1)
+    p.on_placement(placement(workers=[("w1", "a"), ("w2", "a"), ("w3", "b")]), now=0.2)
+    holders = [p.submit(request(f"r{i}", "a"), now=0.3)[0].worker_id for i in range(6)]
+    assert holders[:2] == [holders[0]] * 2  # one batch gathers on one replica first
+    assert set(holders) == {"w1", "w2"}  # then spills to the other replica, never to w3
+    assert holders.count("w1") + holders.count("w2") == 6
+
+
+def test_without_replicas_a_model_stays_on_the_worker_holding_it():
+    p = policy(max_batch_size=2)
+    p.on_worker_state(state("w1", 1), now=0.1)
+    p.on_worker_state(state("w2", 1), now=0.1)
+    p.on_placement(placement(workers=[("w1", "a"), ("w2", "b")]), now=0.2)
+    assert {p.submit(request(f"r{i}", "a"), now=0.3)[0].worker_id for i in range(5)} == {"w1"}
