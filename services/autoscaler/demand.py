@@ -13,6 +13,8 @@ from services.autoscaler.tick import ModelInput
 
 
 def gpu_share(model: ModelInput, window_s: float) -> float:
+    if model.share is not None:
+        return model.share
     token_rate = model.tokens / window_s
     busy = min(1.0, token_rate * model.tbt_s)
     return busy * model.decode_step_s / model.tbt_s + token_rate * model.token_s

@@ -25,6 +25,9 @@ class ModelInput:
     """What each further token of a batched decode step adds."""
     tbt_s: float = 0.1
     """The model's time-between-tokens objective."""
+    share: float | None = None
+    """A GPU share measured elsewhere (request-level: the GPU time its turns took, plus its
+    backlog); when given it replaces the token-paced estimate of demand.py."""
 
     def __post_init__(self):
         for name in ("bytes", "arrivals", "tokens", "in_flight"):
@@ -32,6 +35,8 @@ class ModelInput:
                 raise ValueError(f"model {self.name}: {name}={getattr(self, name)} must be >= 0")
         if not self.decode_step_s > 0 or not self.tbt_s > 0 or self.token_s < 0:
             raise ValueError(f"model {self.name}: decode_step_s and tbt_s must be > 0, token_s >= 0")
+        if self.share is not None and not self.share >= 0:
+            raise ValueError(f"model {self.name}: share={self.share!r} must be >= 0 (a share of one GPU)")
 
 
 @dataclass(frozen=True)

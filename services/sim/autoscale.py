@@ -123,23 +123,19 @@ def model_inputs(
     batch-of-one step): (busy_s + backlog) / window_s. The GPU time alone could never show more
     demand than the pool has GPUs: a saturated pool would grow by one worker per
     scale_up_cooldown_s while its queues grew; the backlog shows how far behind it is.
-    decide()'s ModelInput has no field for a share, so the share is carried as the model's time
-    per token (share / token rate, as both its step and its pace, token_s 0): demand.gpu_share
-    then returns min(1, token rate x that) = the share."""
+    That share goes to the planner as ModelInput.share, which replaces demand.py's estimate."""
     out = []
     for name in sorted(facts):
         f = facts[name]
         arrivals, tokens = counts.get(name, (0, 0))
         if scheduling == "token":
-            step, pace, token_s = f.step_s, tbt_s, f.token_s
+            share = None
         elif scheduling == "request":
             backlog_s = in_flight.get(name, 0) * tokens / arrivals * f.step_s if arrivals else 0.0
             share = (busy_s.get(name, 0.0) + backlog_s) / window_s
-            step = pace = share * window_s / tokens if share > 0 and tokens else f.step_s
-            token_s = 0.0
         else:
             raise SimError(f"the autoscaler sizes the token and request pools, not {scheduling!r}")
-        out.append(ModelInput(name, f.bytes, arrivals, tokens, in_flight.get(name, 0), step, token_s, pace))
+        out.append(ModelInput(name, f.bytes, arrivals, tokens, in_flight.get(name, 0), f.step_s, f.token_s, tbt_s, share))
     return tuple(out)
 
 

@@ -121,3 +121,14 @@ def test_planner_state_survives_the_kv_round_trip():
 def test_a_stored_state_this_autoscaler_cannot_read_is_refused_with_the_reason(data, problem):
     with pytest.raises(ValueError, match=problem):
         decode_state(data)
+
+
+def test_a_measured_share_replaces_the_token_paced_estimate_and_may_exceed_one_gpu():
+    from services.autoscaler.demand import gpu_share
+    from services.autoscaler.tick import ModelInput
+
+    paced = ModelInput("a", 1, arrivals=10, tokens=600, decode_step_s=0.05, tbt_s=0.1)
+    assert gpu_share(paced, window_s=60.0) == pytest.approx(0.5)  # busy all the time: one step per TBT
+    assert gpu_share(ModelInput("a", 1, tokens=600, share=2.5), window_s=60.0) == 2.5
+    with pytest.raises(ValueError, match="share=-1 must be >= 0"):
+        ModelInput("a", 1, share=-1)
