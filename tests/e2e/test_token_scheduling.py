@@ -150,7 +150,14 @@ def test_disaggregated_prefill_hands_the_kv_to_the_decode_worker(tmp_path_factor
     try:
         s.wait_healthy(workers=2)
         results = stream_all(s.base_url)
-        metrics = get(f"http://127.0.0.1:{port}/metrics")
+        # A turn's report follows its last tokens (by up to the worker's turn linger): wait for it.
+        deadline = time.monotonic() + 10
+        while True:
+            metrics = get(f"http://127.0.0.1:{port}/metrics")
+            decoded = metric(metrics, "tp_worker_turn_tokens_total", worker="worker-1", phase="decode")
+            if decoded >= len(MODELS) * (TOKENS - 2) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
     finally:
         s.stop()
     for model, (_, text, reasons) in results.items():
