@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--kv-handoff", action="store_true",
         help="with --prefill-workers on one machine: move the KV cache through host memory, not by recompute",
     )
+    parser.add_argument("--attainment-window", type=float, default=p.attainment_window_s,
+                        help="seconds of finished requests whose SLO attainment the router reports (default 60)")
     parser.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics here (0: a free port)")
     parser.add_argument("--metrics-host", default=d.metrics_host)
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR (default $TOKENPOOL_LOG_LEVEL)")
@@ -75,6 +77,7 @@ def build_config(args: argparse.Namespace) -> RouterConfig:
         max_quota_s=args.max_quota,
         prefill_workers=args.prefill_workers,
         kv_handoff=args.kv_handoff,
+        attainment_window_s=args.attainment_window,
     )
     return RouterConfig(
         nats=args.nats,

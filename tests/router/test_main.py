@@ -1,0 +1,15 @@
+"""`python -m services.router` settings: the attainment window it reports to the autoscaler."""
+
+from services.router.__main__ import build_config, build_parser, main
+
+
+def test_the_attainment_window_flag_reaches_the_policy():
+    args = build_parser().parse_args(["--nats", "nats://x:1", "--attainment-window", "30"])
+    assert build_config(args).policy.attainment_window_s == 30.0
+
+
+def test_a_window_that_is_not_positive_stops_the_router_naming_it(capsys, tmp_path):
+    catalog = tmp_path / "catalog.toml"
+    catalog.write_text('[[models]]\nname = "m"\npath = "m"\n')
+    assert main(["--nats", "nats://127.0.0.1:1", "--catalog", str(catalog), "--attainment-window", "0"]) == 2
+    assert "attainment_window_s must be > 0" in capsys.readouterr().err
