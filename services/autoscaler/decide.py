@@ -124,7 +124,7 @@ def _copies_wanted(state, config, kept, sizes, share, active, now):
         if model not in active:
             want[model] = 0
         elif base >= had or share[model] > (had - 1) * config.fill * config.low_water:
-            want[model] = max(base, had) if base < had else base
+            want[model] = max(base, had)
             justified[model] = now
         elif now - justified.get(model, -math.inf) >= config.cooldown_s:
             want[model] = had - 1

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from services.autoscaler.tick import InFlight, ModelInput, TickInput, WorkerInput
-from services.autoscaler.windows import SlidingCounts
+from services.autoscaler.windows import CounterWindow
 from shared.protocol import RouterState, TurnReport, WorkerState
 
 STEP_SMOOTHING = 0.2
@@ -40,10 +40,9 @@ class Observations:
         self.worker_timeout_s = worker_timeout_s
         self.host_bytes = host_bytes
         self.gpu_bytes = gpu_bytes
-        self._window = SlidingCounts(window_s, window_s / 12)
+        self._window = CounterWindow(window_s, window_s / 12)
         self._workers: dict[str, tuple[WorkerState, float]] = {}
         self._routers: dict[str, tuple[RouterState, float]] = {}
-        self._counters: dict[tuple[str, str], tuple[int, int]] = {}
         self._step_s: dict[str, float] = {}
 
     def worker(self, state: WorkerState, now: float) -> None:
@@ -53,15 +52,8 @@ class Observations:
 
     def router(self, state: RouterState, now: float) -> None:
         for load in state.models:
-            if load.name not in self.models:
-                continue
-            key = (state.router_id, load.name)
-            arrivals, tokens = self._counters.get(key, (0, 0))
-            if load.arrivals < arrivals or load.tokens < tokens:
-                arrivals, tokens = 0, 0  # the router restarted
-            if load.arrivals > arrivals or load.tokens > tokens:
-                self._window.add(now, load.name, load.arrivals - arrivals, load.tokens - tokens)
-            self._counters[key] = (load.arrivals, load.tokens)
+            if load.name in self.models:
+                self._window.observe(now, state.router_id, load.name, load.arrivals, load.tokens)
         self._routers[state.router_id] = (state, now)
 
     def turn(self, report: TurnReport) -> None:

@@ -46,3 +46,24 @@ class SlidingCounts:
                 r, t = out.get(model, (0, 0))
                 out[model] = (r + requests, t + tokens)
         return out
+
+
+class CounterWindow:
+    """SlidingCounts fed by cumulative counters (a router's arrivals and requested tokens per
+    model since it started): each observation adds the increase since the last one from the
+    same source; a counter that went back (the source restarted) counts again from zero."""
+
+    def __init__(self, span_s: float, bucket_s: float):
+        self.window = SlidingCounts(span_s, bucket_s)
+        self._last: dict[tuple[str, str], tuple[int, int]] = {}
+
+    def observe(self, now: float, source: str, model: str, requests: int, tokens: int) -> None:
+        before_requests, before_tokens = self._last.get((source, model), (0, 0))
+        if requests < before_requests or tokens < before_tokens:
+            before_requests, before_tokens = 0, 0
+        if requests > before_requests or tokens > before_tokens:
+            self.window.add(now, model, requests - before_requests, tokens - before_tokens)
+        self._last[(source, model)] = (requests, tokens)
+
+    def totals(self, now: float) -> dict[str, tuple[int, int]]:
+        return self.window.totals(now)

@@ -84,14 +84,7 @@ def plan(args: argparse.Namespace) -> int:
         workload = workload_for_profile(workload_from_args(args), args.gpu_profile)
         base = SimConfig(gpu_profile=args.gpu_profile, ttft_s=args.ttft, tbt_s=args.tbt, drain_s=args.drain)
         plans = planner.plan(workload, args.target, base, args.policies, progress=progress)
-        report = {
-            "target": args.target,
-            "workload": workload.name,
-            "models": len(workload.models),
-            "requests": len(workload.arrivals),
-            "gpu_profile": args.gpu_profile,
-            "ttft_slo_s": args.ttft,
-            "tbt_slo_s": args.tbt,
+        report = _head(args, workload) | {
             "policies": {name: p.as_dict() for name, p in plans.items()},
             "ratios": _ratios(plans),
         }
@@ -105,6 +98,19 @@ def plan(args: argparse.Namespace) -> int:
         return 2
     print(json.dumps(report) if args.json else _text(report))
     return 0
+
+
+def _head(args: argparse.Namespace, workload) -> dict:
+    """What every plan report starts with: the target, the workload and the SLOs."""
+    return {
+        "target": args.target,
+        "workload": workload.name,
+        "models": len(workload.models),
+        "requests": len(workload.arrivals),
+        "gpu_profile": args.gpu_profile,
+        "ttft_slo_s": args.ttft,
+        "tbt_slo_s": args.tbt,
+    }
 
 
 def _ratios(plans) -> dict:
@@ -157,15 +163,8 @@ def _plan_autoscaled(args: argparse.Namespace, autoscale) -> int:
             drain_s=args.drain, autoscale=autoscale,
         )  # fmt: skip
         policies = planner.plan_autoscaled(workload, args.target, base, args.policies, progress=progress)
-        report = {
-            "target": args.target,
-            "workload": workload.name,
-            "models": len(workload.models),
-            "requests": len(workload.arrivals),
+        report = _head(args, workload) | {
             "hours": round(workload.duration_s / 3600, 3),
-            "gpu_profile": args.gpu_profile,
-            "ttft_slo_s": args.ttft,
-            "tbt_slo_s": args.tbt,
             "autoscale": _autoscale_settings(autoscale),
             "policies": policies,
             "missed_target": [name for name, p in policies.items() if not p["target_met"]],

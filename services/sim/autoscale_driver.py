@@ -20,7 +20,7 @@ from services.autoscaler.actions import Release, ScaleUp
 from services.autoscaler.decide import decide
 from services.autoscaler.orders import placement_of
 from services.autoscaler.tick import InFlight, PlannerState, TickInput, WorkerInput
-from services.autoscaler.windows import SlidingCounts
+from services.autoscaler.windows import CounterWindow, SlidingCounts
 from services.sim.autoscale import AutoscaleConfig, GpuLedger, model_facts, model_inputs
 from shared.protocol import DrainOrder, Placement, TurnReport
 
@@ -41,14 +41,13 @@ class SimAutoscaler:
         self.facts = model_facts(sim.cost, self.models)
         gpu = sim.cost.gpu
         self.gpu_bytes = gpu.memory_bytes - gpu.reserved_bytes
-        self.window = SlidingCounts(config.window_s, config.bucket_s)
+        self.window = CounterWindow(config.window_s, config.bucket_s)
         self.busy = SlidingCounts(config.window_s, config.bucket_s)
         """Per model, microseconds of GPU time its turns took (as the `tokens` count)."""
         self.state = PlannerState()
         self.ledger = GpuLedger()
         self.actions: Counter[str] = Counter()
         self._moved: set[tuple[str, str]] = set()
-        self._counters: dict[str, tuple[int, int]] = {}
         self._booting: dict[str, object] = {}
         self._up: set[str] = set()
         self._released: dict[str, float] = {}
@@ -88,10 +87,7 @@ class SimAutoscaler:
         snapshot = self.sim.policy.snapshot(now)
         in_flight = {}
         for load in snapshot.models:
-            arrivals, tokens = self._counters.get(load.name, (0, 0))
-            if load.arrivals > arrivals or load.tokens > tokens:
-                self.window.add(now, load.name, load.arrivals - arrivals, load.tokens - tokens)
-            self._counters[load.name] = (load.arrivals, load.tokens)
+            self.window.observe(now, snapshot.router_id, load.name, load.arrivals, load.tokens)
             in_flight[load.name] = load.queued + load.running
         counts = self.window.totals(now)
         busy_s = {m: us / 1e6 for m, (_, us) in self.busy.totals(now).items()}
