@@ -97,7 +97,7 @@ async def stream_request(session, url: str, body: dict, tokens: int, record: Req
                     continue
                 payload = line[6:].strip()
                 if payload == b"[DONE]":
-                    break
+                    continue  # read on to the body's end, so that the connection is kept for the next request
                 event = json.loads(payload)
                 if "error" in event:
                     record.error = "stream_error"
