@@ -140,6 +140,16 @@ class TokenChunk:
 
 
 @message
+class TokenBatch:
+    """Worker to gateway (and router): chunks of several requests whose tokens go to one token
+    subject, in one message. A gateway reads every request's tokens on one subject of its own, so
+    a worker's flush of a step's tokens is one message per gateway, not one per request."""
+
+    VERSION: ClassVar[int] = 1
+    chunks: tuple[TokenChunk, ...] = ()
+
+
+@message
 class AssignRequest:
     """Router to worker: serve this request; resume_token_ids were already produced elsewhere."""
 
@@ -364,3 +374,9 @@ def _decoder_for(tp):
         return lambda v: tuple(item(x) for x in v)
     return lambda v: v
 
+
+def token_chunks(data: bytes) -> tuple[TokenChunk, ...]:
+    """The chunks in a message on a token subject: a TokenBatch (from workers) or a lone
+    TokenChunk (a router's error chunk, older workers)."""
+    msg = decode(data, TokenChunk, TokenBatch)
+    return msg.chunks if isinstance(msg, TokenBatch) else (msg,)

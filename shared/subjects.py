@@ -2,7 +2,7 @@
 
     gateway --REQUEST_SUBMIT (JetStream work queue)--> router
     gateway --REQUEST_CANCEL--> router --worker_commands(id)--> gpu_worker
-    gpu_worker --tokens(request id)--> gateway (and router, which tracks progress)
+    gpu_worker --token_inbox(gateway id): TokenBatch--> gateway (and router, which tracks progress)
     gpu_worker --WORKER_STATE--> router, autoscaler
     router --RunTurn on worker_commands(id)--> gpu_worker --TURN_REPORTS--> router
     router --ROUTER_STATE--> gateway, autoscaler
@@ -34,8 +34,9 @@ def tokens(request_id: str) -> str:
     return f"{TOKENS_PREFIX}.{request_id}"
 
 
-def request_id_from_tokens_subject(subject: str) -> str:
-    return subject[len(TOKENS_PREFIX) + 1 :]
+def token_inbox(gateway_id: str) -> str:
+    """Where one gateway reads the tokens of all its requests (GenerateRequest.token_subject)."""
+    return f"{TOKENS_PREFIX}.gw.{gateway_id}"
 
 
 def worker_commands(worker_id: str) -> str:

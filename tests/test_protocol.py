@@ -16,12 +16,14 @@ from shared.protocol import (
     ProtocolError,
     RouterState,
     Sampling,
+    TokenBatch,
     TokenChunk,
     Usage,
     WorkerPlacement,
     WorkerState,
     decode,
     encode,
+    token_chunks,
 )
 
 REQUEST = GenerateRequest(
@@ -34,6 +36,7 @@ MESSAGES = [
     TokenChunk("cmpl-1", 0, (5, 6), (-0.1, -0.2)),
     TokenChunk("cmpl-1", 2, (), None, "stop", Usage(3, 2)),
     TokenChunk("cmpl-1", 1, error=ErrorInfo(503, "service_unavailable_error", "no worker")),
+    TokenBatch((TokenChunk("cmpl-1", 0, (5,)), TokenChunk("cmpl-2", 3, (), None, "length", Usage(1, 3), None, "w"))),
     AssignRequest(REQUEST, (9, 10)),
     CancelAssignment("cmpl-1"),
     PrefetchModel("m"),
@@ -78,3 +81,11 @@ def test_only_bus_messages_encode():
 
 def test_messages_are_compact():
     assert len(encode(TokenChunk("cmpl-0123456789abcdef0123456789abcdef", 41, (1234,)))) < 64
+
+
+def test_token_subjects_carry_a_batch_or_a_lone_chunk():
+    one, two = TokenChunk("a", 0, (1,)), TokenChunk("b", 4, (2, 3), None, "stop", Usage(2, 6))
+    assert token_chunks(encode(TokenBatch((one, two)))) == (one, two)
+    assert token_chunks(encode(two)) == (two,)
+    with pytest.raises(ProtocolError, match="expected TokenChunk or TokenBatch, got CancelRequest"):
+        token_chunks(encode(CancelRequest("a")))

@@ -16,7 +16,6 @@ from services.gateway.responses import DONE, ResponseHead, new_request_id, sse
 from services.gateway.stream import TextStream, Update
 from services.gateway.upstream import TokenFeed, error_from_info
 from services.router.slo.attainment import RequestSlo, request_slo
-from shared import subjects
 from shared.tracing import tracer
 from shared.protocol import GenerateRequest, Sampling
 
@@ -43,7 +42,7 @@ async def serve_generation(request: web.Request, core: GatewayCore, spec: Genera
         logprobs=spec.logprobs,
     )
     generate = GenerateRequest(
-        head.id, model.name, prompt, sampling, subjects.tokens(head.id), model.entry.slo_class, time.time()
+        head.id, model.name, prompt, sampling, core.upstream.inbox, model.entry.slo_class, time.time()
     )
     text = TextStream(model.tokenizer, spec.stop, prompt)
     attributes = {"request.id": head.id, "model": model.name, "endpoint": spec.endpoint, "stream": spec.stream}

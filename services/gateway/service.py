@@ -59,6 +59,7 @@ class Gateway:
             self._nc, c.stall_timeout_s, c.submit_timeout_s, on_cancel=lambda reason: metrics.cancelled.inc(reason=reason)
         )
         self.core = GatewayCore(c, models, watch, upstream, metrics)
+        await upstream.start()
         await self._nc.subscribe(subjects.ROUTER_STATE, cb=self._on_router_state)
         self._runner = web.AppRunner(
             build_app(self.core), handler_cancellation=True, shutdown_timeout=c.drain_timeout_s, access_log=None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -13,7 +14,7 @@ from nats.js.errors import Error as JetStreamError
 
 from services.gateway.errors import ApiError, api_error
 from shared import subjects
-from shared.protocol import CancelRequest, ErrorInfo, GenerateRequest, ProtocolError, TokenChunk, decode, encode
+from shared.protocol import CancelRequest, ErrorInfo, GenerateRequest, ProtocolError, TokenChunk, encode, token_chunks
 from shared.tracing import inject
 
 log = logging.getLogger("tokenpool.gateway.upstream")
@@ -28,56 +29,62 @@ class TokenFeed:
         self.finished = False
         self.cancel_reason = "client disconnected"
         """Why the request is cancelled upstream if it ends unfinished; the handler updates it."""
-        self._queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self._queue: asyncio.Queue[TokenChunk] = asyncio.Queue()
 
-    async def _on_msg(self, msg) -> None:
-        self._queue.put_nowait(msg.data)
+    def put(self, chunk: TokenChunk) -> None:
+        self._queue.put_nowait(chunk)
 
     async def next_chunk(self) -> TokenChunk:
         """The next chunk; a 504 ApiError when none comes within the stall timeout."""
-        while True:
-            if self._queue.empty():  # only a wait needs the (costly) timeout
-                try:
-                    async with asyncio.timeout(self.stall_timeout_s):
-                        data = await self._queue.get()
-                except TimeoutError:
-                    self.cancel_reason = "stalled"
-                    raise api_error(
-                        504, f"no token arrived for {self.stall_timeout_s:g} s; the request was cancelled"
-                    ) from None
-            else:
-                data = self._queue.get_nowait()
-            if (chunk := self._decode(data)) is not None:
-                return chunk
+        if not self._queue.empty():  # only a wait needs the (costly) timeout
+            return self._queue.get_nowait()
+        try:
+            async with asyncio.timeout(self.stall_timeout_s):
+                return await self._queue.get()
+        except TimeoutError:
+            self.cancel_reason = "stalled"
+            raise api_error(504, f"no token arrived for {self.stall_timeout_s:g} s; the request was cancelled") from None
 
     def ready_chunk(self) -> TokenChunk | None:
         """A chunk that has already arrived, without waiting; None when there is none."""
-        while not self._queue.empty():
-            if (chunk := self._decode(self._queue.get_nowait())) is not None:
-                return chunk
-        return None
-
-    def _decode(self, data: bytes) -> TokenChunk | None:
-        try:
-            return decode(data, TokenChunk)
-        except ProtocolError as e:
-            log.warning("request %s: dropping an unreadable token message: %s", self.request_id, e)
-            return None
+        return None if self._queue.empty() else self._queue.get_nowait()
 
 
 class Upstream:
-    def __init__(self, nc: Client, stall_timeout_s: float, submit_timeout_s: float, on_cancel=None):
+    """Submits requests and reads the tokens of all of them on one subject of this gateway's own
+    (`inbox`, every request's token_subject): one subscription, and one message per worker flush,
+    however many requests are streaming."""
+
+    def __init__(self, nc: Client, stall_timeout_s: float, submit_timeout_s: float, on_cancel=None, gateway_id: str = ""):
         self.nc = nc
         self.js = nc.jetstream()
         self.stall_timeout_s = stall_timeout_s
         self.submit_timeout_s = submit_timeout_s
+        self.inbox = subjects.token_inbox(gateway_id or uuid.uuid4().hex[:16])
         self._on_cancel = on_cancel or (lambda reason: None)
+        self._feeds: dict[str, TokenFeed] = {}
+        self.unreadable = 0
+        """Messages on the inbox that were not tokens (dropped)."""
+
+    async def start(self) -> None:
+        await self.nc.subscribe(self.inbox, cb=self._on_tokens, pending_msgs_limit=1_000_000, pending_bytes_limit=1 << 30)
+
+    async def _on_tokens(self, msg) -> None:
+        try:
+            chunks = token_chunks(msg.data)
+        except ProtocolError as e:
+            self.unreadable += 1
+            if self.unreadable in (1, 10, 100) or self.unreadable % 1000 == 0:
+                log.warning("dropping an unreadable token message (%d so far): %s", self.unreadable, e)
+            return
+        for chunk in chunks:
+            if (feed := self._feeds.get(chunk.request_id)) is not None:
+                feed.put(chunk)  # (a request that has ended takes no more)
 
     @asynccontextmanager
     async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenFeed]:
-        """Subscribes to the request's tokens, then submits it; cancels it upstream if left unfinished."""
-        feed = TokenFeed(request.id, self.stall_timeout_s)
-        sub = await self.nc.subscribe(request.token_subject, cb=feed._on_msg)
+        """Submits the request (its token_subject must be `inbox`); cancels it upstream if left unfinished."""
+        feed = self._feeds[request.id] = TokenFeed(request.id, self.stall_timeout_s)
         try:
             try:
                 await self._submit(request)
@@ -90,10 +97,7 @@ class Upstream:
                 if not feed.finished:
                     await self.cancel(request.id, feed.cancel_reason)
         finally:
-            try:
-                await sub.unsubscribe()
-            except nats.errors.Error as e:
-                log.warning("request %s: unsubscribe failed: %s", request.id, e)
+            del self._feeds[request.id]
 
     async def _submit(self, request: GenerateRequest) -> None:
         try:

@@ -1,20 +1,27 @@
-"""Joins TokenChunks of one request that are waiting to be published into one chunk.
+"""Joins TokenChunks of one request that are waiting to be published into one chunk, and the
+chunks bound for one token subject into one TokenBatch.
 
     coalesce([(s, chunk(r1, index 4, (7,))), (s, chunk(r1, index 5, (8,), "length"))])
     -> [(s, chunk(r1, index 4, (7, 8), "length"))]
+    token_batches([(s, chunk(r1, ...)), (s, chunk(r2, ...)), (t, chunk(r3, ...))])
+    -> [(s, TokenBatch((chunk(r1, ...), chunk(r2, ...)))), (t, TokenBatch((chunk(r3, ...),)))]
 
 When the engine steps faster than the bus takes the tokens (many requests, a fast model),
 outboxes queue up; publishing what queued as one message per request instead of one per
 token saves every hop (worker, NATS, router, gateway) a message per token. Tokens that are
 not waiting are never held back for this. A chunk with an error is never joined (it ends
-the request on its own), nor is anything after a request's last chunk.
+the request on its own), nor is anything after a request's last chunk. A gateway reads all its
+requests' tokens on one subject, so one message per subject carries a whole flush to it.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 
-from shared.protocol import TokenChunk
+from shared.protocol import TokenBatch, TokenChunk
+
+BATCH_CHUNKS = 256
+"""Most chunks in one TokenBatch, which keeps a message well under NATS's 1 MiB payload limit."""
 
 
 def coalesce(chunks: list[tuple[str, TokenChunk]]) -> list[tuple[str, TokenChunk]]:
@@ -57,3 +64,15 @@ def _join(parts: list[TokenChunk]) -> TokenChunk:
         finish_reason=last.finish_reason,
         usage=last.usage,
     )
+
+
+def token_batches(chunks: list[tuple[str, TokenChunk]]) -> list[tuple[str, TokenBatch]]:
+    """The chunks grouped by subject, in their order within each subject."""
+    by_subject: dict[str, list[TokenChunk]] = {}
+    for subject, chunk in chunks:
+        by_subject.setdefault(subject, []).append(chunk)
+    return [
+        (subject, TokenBatch(tuple(group[i : i + BATCH_CHUNKS])))
+        for subject, group in by_subject.items()
+        for i in range(0, len(group), BATCH_CHUNKS)
+    ]

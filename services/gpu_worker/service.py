@@ -5,7 +5,8 @@
 
 Commands on worker_commands(id) go to the engine thread: AssignRequest hands a request over
 (it waits here), RunTurn has the thread compute one model for some of them until the turn
-ends. Its TokenChunks are published in order by one task, each ended turn's TurnReport after
+ends. Its TokenChunks are published in order by one task, one TokenBatch per token subject (a
+gateway's inbox) for what queued up, each ended turn's TurnReport after
 the tokens of that turn; WorkerState goes out every report_interval_s and on every change.
 Workers on one machine share a KV hand-off area (config.kv_handoff_dir) for disaggregated
 prefill: RunTurn.hand_off leaves KV there, AssignRequest.kv_handoff picks it up.
@@ -19,7 +20,7 @@ import signal
 import time
 
 from services.gpu_worker import commands as cmd
-from services.gpu_worker.coalesce import coalesce
+from services.gpu_worker.coalesce import coalesce, token_batches
 from services.gpu_worker.config import WorkerConfig, build_engine, plan_engine, served_models
 from services.gpu_worker.engine.handoff import HandoffArea
 from services.gpu_worker.engine_thread import EngineThread
@@ -197,11 +198,11 @@ class GpuWorker:
                 outboxes.append(self._outboxes.get_nowait())
             if None in outboxes:  # the end: the thread has stopped and handed over everything
                 outboxes, ended = outboxes[: outboxes.index(None)], True
-            for subject, chunk in coalesce([c for outbox in outboxes for c in outbox.chunks]):
+            for subject, batch in token_batches(coalesce([c for outbox in outboxes for c in outbox.chunks])):
                 try:
-                    await self.nc.publish(subject, encode(chunk))
+                    await self.nc.publish(subject, encode(batch))
                 except Exception as e:  # a full reconnect buffer must not stop the other requests
-                    log.error("could not publish a token of %s: %s", chunk.request_id, e)
+                    log.error("could not publish tokens of %d requests on %s: %s", len(batch.chunks), subject, e)
             # After the tokens: a router that reads a turn's report has seen all of its tokens.
             for report in (r for outbox in outboxes for r in outbox.reports):
                 try:

@@ -40,6 +40,7 @@ from shared.protocol import (
     WorkerState,
     decode,
     encode,
+    token_chunks,
 )
 
 log = logging.getLogger("tokenpool.router")
@@ -72,7 +73,7 @@ class RouterService:
         await self._intake.open()
         limits = dict(pending_msgs_limit=1_000_000, pending_bytes_limit=1 << 30)
         await self._nc.subscribe(subjects.WORKER_STATE, cb=self._handler(WorkerState, self.policy.on_worker_state))
-        await self._nc.subscribe(subjects.TOKENS_ALL, cb=self._handler(TokenChunk, self.policy.on_tokens), **limits)
+        await self._nc.subscribe(subjects.TOKENS_ALL, cb=self._tokens_handler(), **limits)
         await self._nc.subscribe(subjects.REQUEST_CANCEL, cb=self._handler(CancelRequest, self._cancel))
         await self._nc.subscribe(subjects.TURN_REPORTS, cb=self._handler(TurnReport, self._turn_report))
         if c.metrics_port is not None:
@@ -144,6 +145,24 @@ class RouterService:
                 await self._execute(policy_call(message, self.clock()))
             except Exception:  # noqa: BLE001 - one bad message must not stop the subscription
                 log.exception("handling %s failed", message_type.__name__)
+
+        return handle
+
+    def _tokens_handler(self) -> Callable[..., Awaitable[None]]:
+        count_malformed = self._count("malformed_TokenChunk")
+
+        async def handle(msg) -> None:
+            try:
+                chunks = token_chunks(msg.data)
+            except ProtocolError as e:
+                log.warning("ignoring a malformed message on %s: %s", msg.subject, e)
+                count_malformed()
+                return
+            for chunk in chunks:
+                try:
+                    await self._execute(self.policy.on_tokens(chunk, self.clock()))
+                except Exception:  # noqa: BLE001 - one bad chunk must not stop the others
+                    log.exception("handling the tokens of %s failed", chunk.request_id)
 
         return handle
 

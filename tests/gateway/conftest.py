@@ -15,7 +15,9 @@ import pytest_asyncio
 from services.gateway import Gateway, GatewayConfig
 from shared import bus, subjects
 from shared.nats_server import NatsServer
-from shared.protocol import CancelRequest, ErrorInfo, GenerateRequest, RouterState, TokenChunk, Usage, decode, encode
+from shared.protocol import (
+    CancelRequest, ErrorInfo, GenerateRequest, RouterState, TokenBatch, TokenChunk, Usage, decode, encode,
+)
 from shared.tokenizer import Tokenizer
 
 SMOL = "smollm2-135m-instruct"
@@ -108,7 +110,9 @@ class EchoWorker:
     By default it echoes the prompt (chat: the last user message) up to max_tokens, in
     chunks sent out of order, with duplicates and an overlap. Markers in the text pick
     other behaviour: [429] rejects like a full router queue, [stall] never answers,
-    [slow] sends a token every 0.1 s until cancelled, [fail-mid] fails after two tokens.
+    [slow] sends a token every 0.1 s until cancelled, [fail-mid] fails after two tokens,
+    [batched] sends unreadable bytes, then a TokenBatch holding a chunk of a request the gateway
+    does not know and every chunk of this one (as a worker's flush does).
     """
 
     def __init__(self, nc, tokenizer: Tokenizer):
@@ -183,6 +187,10 @@ class EchoWorker:
             for i in range(0, len(ids), 2)
         ]
         chunks[-1] = replace(chunks[-1], finish_reason=reason, usage=Usage(n_prompt, len(ids)))
+        if "[batched]" in text:
+            await self.nc.publish(request.token_subject, b"\x00 not a token message")
+            stranger = TokenChunk("cmpl-unknown", 0, (ids[0],), finish_reason="length", usage=Usage(1, 1))
+            return await self.nc.publish(request.token_subject, encode(TokenBatch((stranger, *chunks))))
         for chunk in _scrambled(chunks):
             await self._send(request, chunk)
 

@@ -49,6 +49,20 @@ async def test_token_id_prompt(client, tokenizer):
     assert resp.choices[0].text == "just ids"
 
 
+async def test_a_batch_of_chunks_on_the_gateways_inbox_reaches_each_request(client, gateway):
+    """Workers send one TokenBatch per flush to the gateway's inbox; bytes that are not tokens
+    and chunks of requests the gateway does not know are dropped, the rest streams as usual."""
+    before = gateway.core.upstream.unreadable
+    prompt = "[batched] " + TEXT
+    batched, plain = await asyncio.gather(
+        client.completions.create(model=SMOL, prompt=prompt, max_tokens=100, stream=True),
+        client.completions.create(model=SMOL, prompt=TEXT, max_tokens=100),
+    )
+    texts = [c.choices[0].text async for c in batched if c.choices]
+    assert "".join(texts) == prompt and plain.choices[0].text == TEXT
+    assert gateway.core.upstream.unreadable == before + 1
+
+
 async def test_streamed_completion_with_usage(client, tokenizer):
     stream = await client.completions.create(
         model=SMOL, prompt=TEXT, max_tokens=100, stream=True, stream_options={"include_usage": True}

@@ -27,6 +27,7 @@ from shared.protocol import (
     WorkerState,
     decode,
     encode,
+    token_chunks,
 )
 from shared.tokenizer import Tokenizer
 
@@ -84,7 +85,7 @@ class BusClient:
         return client
 
     async def _on_chunk(self, msg):
-        self.arrivals.append(decode(msg.data, TokenChunk))
+        self.arrivals.extend(token_chunks(msg.data))
         self._changed.set()
 
     async def _on_state(self, msg):

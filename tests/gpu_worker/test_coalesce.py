@@ -1,7 +1,7 @@
 """Tokens waiting to be published leave as one chunk per request, same tokens, same order."""
 
-from services.gpu_worker.coalesce import coalesce
-from shared.protocol import ErrorInfo, TokenChunk, Usage
+from services.gpu_worker.coalesce import BATCH_CHUNKS, coalesce, token_batches
+from shared.protocol import ErrorInfo, TokenBatch, TokenChunk, Usage
 
 A, B = "tp.tokens.a", "tp.tokens.b"
 
@@ -52,3 +52,20 @@ def test_a_single_chunk_goes_out_as_it_is():
 
     assert coalesce([(A, chunk)]) == [(A, chunk)]
     assert coalesce([]) == []
+
+
+def test_chunks_for_one_subject_leave_in_one_batch_in_their_order():
+    a0, b0, a1, c0 = tok("a", 0, 10), tok("b", 0, 20), tok("a", 1, 11), tok("c", 0, 30)
+
+    out = token_batches([(A, a0), (B, c0), (A, b0), (A, a1)])
+
+    assert out == [(A, TokenBatch((a0, b0, a1))), (B, TokenBatch((c0,)))]
+
+
+def test_a_big_flush_is_split_into_bounded_batches():
+    chunks = [(A, tok(f"r{i}", 0, i)) for i in range(2 * BATCH_CHUNKS + 1)]
+
+    out = token_batches(chunks)
+
+    assert [len(batch.chunks) for _, batch in out] == [BATCH_CHUNKS, BATCH_CHUNKS, 1]
+    assert [c for _, batch in out for c in batch.chunks] == [c for _, c in chunks]

@@ -18,6 +18,7 @@ from shared.protocol import (
     WorkerState,
     decode,
     encode,
+    token_chunks,
 )
 
 
@@ -99,7 +100,7 @@ class Client:
         self.chunks[request.id] = []
 
         async def on_chunk(msg) -> None:
-            self.chunks[request.id].append(decode(msg.data, TokenChunk))
+            self.chunks[request.id].extend(token_chunks(msg.data))
 
         await self.nc.subscribe(request.token_subject, cb=on_chunk)
         await self.nc.flush()
