@@ -142,7 +142,9 @@ async def _stream(
                 if spec.include_usage:
                     events.append(sse(head.usage_chunk(update.usage)))
                 events.append(DONE)
-            if events:
+            if update.finish_reason is not None:
+                await response.write_eof(b"".join(events))  # the last events and the body's end: one write
+            elif events:
                 await response.write(b"".join(events))
     except ApiError as e:
         if response is None:

@@ -195,7 +195,11 @@ class RouterService:
     async def _execute(self, decisions: list[Decision]) -> None:
         for d in decisions:
             self._events.inc(event=type(d).__name__.lower())
-            await self._guard(self._carry_out(d), f"{type(d).__name__} {d}")
+            try:
+                await self._carry_out(d)
+            except Exception as e:  # noqa: BLE001 - as in _guard; the decision is described only then
+                self._events.inc(event="io_error")
+                log.warning("%s %s failed: %s", type(d).__name__, d, e)
 
     async def _carry_out(self, d: Decision) -> None:
         publish = self._nc.publish
