@@ -320,15 +320,32 @@ def decode(data: bytes, *expected: type):
     return _from_wire(cls, values)
 
 
-_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+_ENCODERS: dict[type, tuple[tuple[str, typing.Callable | None], ...]] = {}
+_PLAIN = (int, float, str, bool, bytes, type(None))
 
 
 def _fields_to_wire(obj) -> list:
     cls = type(obj)
-    names = _FIELD_NAMES.get(cls)
-    if names is None:
-        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
-    return [_to_wire(getattr(obj, name)) for name in names]
+    encoders = _ENCODERS.get(cls) or _ENCODERS.setdefault(cls, _build_encoders(cls))
+    return [getattr(obj, name) if enc is None else enc(getattr(obj, name)) for name, enc in encoders]
+
+
+def _build_encoders(cls) -> tuple[tuple[str, typing.Callable | None], ...]:
+    """Per field, None where the value goes on the wire as it is (its type says it holds no
+    dataclass), else the function that turns it into arrays."""
+    hints = typing.get_type_hints(cls)
+    return tuple((f.name, None if _is_plain(hints[f.name]) else _to_wire) for f in dataclasses.fields(cls))
+
+
+def _is_plain(tp) -> bool:
+    if tp in _PLAIN:
+        return True
+    args = typing.get_args(tp)
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        return all(_is_plain(a) for a in args)
+    if typing.get_origin(tp) is tuple:
+        return all(a is Ellipsis or _is_plain(a) for a in args)
+    return False
 
 
 def _to_wire(value):
@@ -347,7 +364,7 @@ def _from_wire(cls, values):
     if not isinstance(values, list) or len(values) != len(decoders):
         raise ProtocolError(f"{cls.__name__} needs {len(decoders)} fields, got {_count(values)}")
     try:
-        return cls(*(d(v) for d, v in zip(decoders, values)))
+        return cls(*[v if d is None else d(v) for d, v in zip(decoders, values)])
     except (TypeError, ValueError) as e:
         raise ProtocolError(f"malformed {cls.__name__}: {e}") from None
 
@@ -362,17 +379,22 @@ def _build_decoders(cls) -> list:
 
 
 def _decoder_for(tp):
+    """The function that turns a field's wire value into its type; None: the value as it is."""
     args = typing.get_args(tp)
     if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
         inner = [a for a in args if a is not type(None)]
-        decode_inner = _decoder_for(inner[0]) if len(inner) == 1 else (lambda v: v)
+        decode_inner = _decoder_for(inner[0]) if len(inner) == 1 else None
+        if decode_inner is None:
+            return None
         return lambda v: None if v is None else decode_inner(v)
     if dataclasses.is_dataclass(tp):
         return lambda v: _from_wire(tp, v)
     if typing.get_origin(tp) is tuple:
-        item = _decoder_for(args[0]) if args else (lambda v: v)
+        item = _decoder_for(args[0]) if args else None
+        if item is None:
+            return tuple
         return lambda v: tuple(item(x) for x in v)
-    return lambda v: v
+    return None
 
 
 def token_chunks(data: bytes) -> tuple[TokenChunk, ...]:
