@@ -24,7 +24,6 @@ from services.gpu_worker.coalesce import coalesce, token_batches
 from services.gpu_worker.config import WorkerConfig, build_engine, plan_engine, served_models
 from services.gpu_worker.engine.handoff import HandoffArea
 from services.gpu_worker.engine_thread import EngineThread
-from services.gpu_worker.mailbox import Mailbox
 from services.gpu_worker.gpu_metrics import read_gpu_metrics
 from services.gpu_worker.reporter import worker_state
 from shared import bus, env, subjects
@@ -75,13 +74,12 @@ class GpuWorker:
         loop = asyncio.get_running_loop()
         self.nc = await bus.connect(c.nats, name=f"gpu_worker {c.worker_id}")
         plan = self.plan
-        self._mailbox = Mailbox(loop, self._outboxes)
         self._thread = EngineThread(
             lambda: build_engine(c, plan),
             self.models,
             plan.context_lengths,
             c.worker_id,
-            self._mailbox.put,
+            lambda outbox: loop.call_soon_threadsafe(self._outboxes.put_nowait, outbox),
             kv_area=HandoffArea(c.kv_handoff_dir or env.kv_handoff_dir()),
             turn_linger_s=c.turn_linger_s,
         )
@@ -119,7 +117,7 @@ class GpuWorker:
         self._thread.submit(cmd.Stop())
         if not await asyncio.to_thread(self._thread.join, 30.0):
             log.error("the engine thread did not stop within 30 s (stuck in a step?)")
-        self._mailbox.put(None)  # the publisher ends after what the thread handed over (same mailbox: same order)
+        await self._outboxes.put(None)  # the publisher ends after what the thread handed over
         await _within(asyncio.gather(self._tasks[0], return_exceptions=True), 10.0, "publishing the last tokens")
         for task in self._tasks[1:]:
             task.cancel()
