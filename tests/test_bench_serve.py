@@ -36,6 +36,7 @@ def test_bench_serve_json_has_every_section_with_positive_numbers(model_store, t
     assert stack["request_per_token_ms"]["p50"] > 0 and stack["tpot_ms"]["p50"] >= 0
     assert stack["tbt_ms"]["tokens_per_chunk"] >= 1
     assert {"gateway", "router", "worker", "nats-server"} <= set(stack["cpu_ms_per_token"])
+    assert stack["stack_cpu_over_load_generator"] > 0
 
     alone = report["engine_alone"]
     assert alone["sequences"] == 4 and alone["tokens_per_s"] > 0

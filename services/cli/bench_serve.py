@@ -143,6 +143,8 @@ def _run(args, model_path: Path, tmp: Path, warmup_s: float, engine_s: float) ->
     served = summarize(records, warmup_s)
     served["cpu_ms_per_token"] = {name: round(1000 * used / max(served["tokens"], 1), 4) for name, used in cpu.items()}
     served["cpu_s"] = {name: round(used, 2) for name, used in cpu.items()}
+    load_cpu = cpu.pop("load generator (this process)", 0.0)
+    served["stack_cpu_over_load_generator"] = round(sum(cpu.values()) / load_cpu, 3) if load_cpu > 0 else None
     return build_report(args, info, prompt_ids, batch, warmup_s, engine_s, alone, served)
 
 

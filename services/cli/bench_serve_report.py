@@ -23,7 +23,10 @@ METHOD = (
     "long wait for the first. chunk_tbt_minus_engine_ms_p50 = stack.tbt_ms.p50 - engine_alone.per_token_ms.p50 "
     "(the issue's formula; equal to the first when every event carries one token). target_met needs the first "
     "two <= the target and no failed request (target.checks). All processes (nats-server, router, gpu_worker, "
-    "gateway, this load generator) share the machine's cores: stack.cpu_ms_per_token says who used them."
+    "gateway, this load generator) share the machine's cores: stack.cpu_ms_per_token says who used them. "
+    "stack.stack_cpu_over_load_generator = the four services' CPU over the load generator's in the same run: "
+    "the generator's work per token barely changes with the stack's code, so the ratio compares the stack's "
+    "CPU cost across runs on a machine whose speed drifts."
 )
 
 
