@@ -24,6 +24,8 @@ PROMPT = (
     "Write a short story about a lighthouse keeper who finds a message in a bottle. "
     "The message is written in a language nobody in the village can read."
 )
+LOAD_GENERATOR = "load generator (this process)"
+"""Its key in the report's CPU figures."""
 
 
 def register(kinds) -> None:
@@ -131,7 +133,7 @@ def _run(args, model_path: Path, tmp: Path, warmup_s: float, engine_s: float) ->
         cpu_before, self_before = stack.cpu_seconds(), _self_cpu()
         records = run_async(run_load(spec))
         cpu = {name: used - cpu_before.get(name, 0.0) for name, used in stack.cpu_seconds().items()}
-        cpu["load generator (this process)"] = _self_cpu() - self_before
+        cpu[LOAD_GENERATOR] = _self_cpu() - self_before
     finally:
         _log("stopping the stack")
         interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
@@ -143,7 +145,7 @@ def _run(args, model_path: Path, tmp: Path, warmup_s: float, engine_s: float) ->
     served = summarize(records, warmup_s)
     served["cpu_ms_per_token"] = {name: round(1000 * used / max(served["tokens"], 1), 4) for name, used in cpu.items()}
     served["cpu_s"] = {name: round(used, 2) for name, used in cpu.items()}
-    load_cpu = cpu.pop("load generator (this process)", 0.0)
+    load_cpu = cpu.pop(LOAD_GENERATOR, 0.0)
     served["stack_cpu_over_load_generator"] = round(sum(cpu.values()) / load_cpu, 3) if load_cpu > 0 else None
     return build_report(args, info, prompt_ids, batch, warmup_s, engine_s, alone, served)
 

@@ -124,12 +124,17 @@ def _ratios(plans) -> dict:
     return out
 
 
-def _text(report: dict) -> str:
-    lines = [
-        f"{report['workload']}: {report['requests']} requests for {report['models']} models on "
+def _head_line(report: dict, span: str = "") -> str:
+    """The first line of a text report: that head in words (`span`: the time it covers)."""
+    return (
+        f"{report['workload']}: {report['requests']} requests for {report['models']} models{span} on "
         f"{report['gpu_profile']}, target attainment {100 * report['target']:g}% "
         f"(TTFT {report['ttft_slo_s']:g} s, TBT {report['tbt_slo_s']:g} s)"
-    ]
+    )
+
+
+def _text(report: dict) -> str:
+    lines = [_head_line(report)]
     for name, p in report["policies"].items():
         if p["gpus"] is None:
             lines.append(f"  {name:9s} no pool reached the target")
@@ -213,11 +218,7 @@ def _hours_line(p: dict) -> str:
 
 
 def _hours_text(report: dict) -> str:
-    lines = [
-        f"{report['workload']}: {report['requests']} requests for {report['models']} models over "
-        f"{report['hours']:g} h on {report['gpu_profile']}, target attainment {100 * report['target']:g}% "
-        f"(TTFT {report['ttft_slo_s']:g} s, TBT {report['tbt_slo_s']:g} s); token and request autoscaled"
-    ]
+    lines = [_head_line(report, f" over {report['hours']:g} h") + "; token and request autoscaled"]
     for name, p in report["policies"].items():
         lines.append(f"  {name:9s} {_hours_line(p)}")
     if report["ratios"]:

@@ -23,8 +23,7 @@ log = logging.getLogger("tokenpool.gateway.upstream")
 class TokenFeed:
     """TokenChunks of one request as they arrive; `finished` once its last chunk was read."""
 
-    def __init__(self, request_id: str, stall_timeout_s: float):
-        self.request_id = request_id
+    def __init__(self, stall_timeout_s: float):
         self.stall_timeout_s = stall_timeout_s
         self.finished = False
         self.cancel_reason = "client disconnected"
@@ -84,7 +83,7 @@ class Upstream:
     @asynccontextmanager
     async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenFeed]:
         """Submits the request (its token_subject must be `inbox`); cancels it upstream if left unfinished."""
-        feed = self._feeds[request.id] = TokenFeed(request.id, self.stall_timeout_s)
+        feed = self._feeds[request.id] = TokenFeed(self.stall_timeout_s)
         try:
             try:
                 await self._submit(request)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 
 from services.router.config import RouterConfig
@@ -73,7 +73,7 @@ class RouterService:
         await self._intake.open()
         limits = dict(pending_msgs_limit=1_000_000, pending_bytes_limit=1 << 30)
         await self._nc.subscribe(subjects.WORKER_STATE, cb=self._handler(WorkerState, self.policy.on_worker_state))
-        await self._nc.subscribe(subjects.TOKENS_ALL, cb=self._tokens_handler(), **limits)
+        await self._nc.subscribe(subjects.TOKENS_ALL, cb=self._handler(TokenChunk, self.policy.on_tokens, read=token_chunks), **limits)
         await self._nc.subscribe(subjects.REQUEST_CANCEL, cb=self._handler(CancelRequest, self._cancel))
         await self._nc.subscribe(subjects.TURN_REPORTS, cb=self._handler(TurnReport, self._turn_report))
         if c.metrics_port is not None:
@@ -131,38 +131,26 @@ class RouterService:
                 except Exception:  # noqa: BLE001 - one bad request must not stop the intake
                     log.exception("taking request %s failed", request.id)
 
-    def _handler(self, message_type: type, policy_call: Callable) -> Callable[..., Awaitable[None]]:
+    def _handler(
+        self, message_type: type, policy_call: Callable, read: Callable[[bytes], Iterable] | None = None
+    ) -> Callable[..., Awaitable[None]]:
+        """A subscription callback: each message `read` finds in the payload (default: one
+        `message_type`) goes to the policy; an unreadable payload is logged and counted."""
         count_malformed = self._count(f"malformed_{message_type.__name__}")
+        read = read or (lambda data: (decode(data, message_type),))
 
         async def handle(msg) -> None:
             try:
-                message = decode(msg.data, message_type)
+                messages = read(msg.data)
             except ProtocolError as e:
                 log.warning("ignoring a malformed message on %s: %s", msg.subject, e)
                 count_malformed()
                 return
-            try:
-                await self._execute(policy_call(message, self.clock()))
-            except Exception:  # noqa: BLE001 - one bad message must not stop the subscription
-                log.exception("handling %s failed", message_type.__name__)
-
-        return handle
-
-    def _tokens_handler(self) -> Callable[..., Awaitable[None]]:
-        count_malformed = self._count("malformed_TokenChunk")
-
-        async def handle(msg) -> None:
-            try:
-                chunks = token_chunks(msg.data)
-            except ProtocolError as e:
-                log.warning("ignoring a malformed message on %s: %s", msg.subject, e)
-                count_malformed()
-                return
-            for chunk in chunks:
+            for message in messages:
                 try:
-                    await self._execute(self.policy.on_tokens(chunk, self.clock()))
-                except Exception:  # noqa: BLE001 - one bad chunk must not stop the others
-                    log.exception("handling the tokens of %s failed", chunk.request_id)
+                    await self._execute(policy_call(message, self.clock()))
+                except Exception:  # noqa: BLE001 - one bad message must not stop the subscription
+                    log.exception("handling %s failed", message_type.__name__)
 
         return handle
 
