@@ -3,7 +3,7 @@ PYTHON := $(VENV)/bin/python
 TOKENPOOL := $(VENV)/bin/tokenpool
 VENV_STAMP := $(VENV)/venv.stamp
 
-.PHONY: venv models test run bench clean distclean
+.PHONY: venv models test run bench gpu-bundle clean distclean
 
 venv: $(VENV_STAMP)
 
@@ -29,8 +29,19 @@ run: venv models
 bench: venv models
 	$(TOKENPOOL) bench engine --json
 
+# What a lent GPU machine needs for `bench engine --random-weights`: each benched model's
+# config and tokenizer files (7 MB; the weights do not fit what a run may carry).
+GPU_MODELS := smollm2-135m-instruct demo-llama
+gpu-bundle: venv models
+	rm -rf .gpu && mkdir -p .gpu/models
+	set -e; store=$$($(PYTHON) -c 'from shared.env import model_store; print(model_store())') && \
+	for m in $(GPU_MODELS); do \
+		mkdir .gpu/models/$$m && cp $$store/$$m/*.json $$store/$$m/*.jinja .gpu/models/$$m/ && \
+		rm -f .gpu/models/$$m/prepared.json .gpu/models/$$m/model.safetensors.index.json; \
+	done
+
 clean:
-	rm -rf .pytest_cache .hypothesis .bench *.egg-info
+	rm -rf .pytest_cache .hypothesis .bench .gpu *.egg-info
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
 
 distclean: clean

@@ -52,3 +52,35 @@ def test_bench_engine_rejects_a_single_token(model_store):
 
     assert result.returncode == 2
     assert "at least 2" in result.stderr and "Traceback" not in result.stderr
+
+
+def config_only_store(model_store, root: Path, names) -> Path:
+    """What travels to a lent GPU: each model's config and tokenizer files, no weights."""
+    for name in names:
+        (root / name).mkdir(parents=True)
+        for f in model_store.path(name).iterdir():
+            if f.suffix in (".json", ".jinja") and f.name not in ("prepared.json", "model.safetensors.index.json"):
+                (root / name / f.name).write_bytes(f.read_bytes())
+    return root
+
+
+def test_bench_engine_times_random_weights_of_a_store_without_weights(model_store, tmp_path):
+    store = config_only_store(model_store, tmp_path / "store", ("demo-llama", "demo-qwen2"))
+    env = {**os.environ, "TOKENPOOL_MODEL_STORE": str(store)}
+    base = [str(TOKENPOOL), "bench", "engine", "--model", "demo-llama", "--other-model", "demo-qwen2"]
+    quick = ["--batches", "1", "--tokens", "4", "--repeats", "1", "--memory-repeats", "1", "--swap-seqs", "2"]
+
+    refused = subprocess.run(base + quick, env=env, capture_output=True, text=True, timeout=120)
+    timed = subprocess.run(base + quick + ["--random-weights", "--json"], env=env, capture_output=True, text=True,
+                           timeout=300)
+
+    assert refused.returncode == 2 and "holds no weights" in refused.stderr and "--random-weights" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert timed.returncode == 0, timed.stderr
+    report = json.loads(timed.stdout)
+    assert report["config"]["random_weights"] is True
+    (row,) = report["decode"]["results"]
+    assert row["ours_tok_s"] > 0 and row["hf_tok_s"] > 0
+    assert report["switch"]["no_prefetch"]["s"] > 0 and report["kv_swap"]["swap_in_gb_s"] > 0
+    assert sorted(p.name for p in store.iterdir()) == ["demo-llama", "demo-qwen2"]
+    assert not any(store.rglob("*.safetensors")), "the random weights go to a temp dir, not the store"

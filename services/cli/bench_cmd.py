@@ -44,7 +44,14 @@ def register(subparsers) -> None:
     p.add_argument(
         "--synthetic-7b",
         action="store_true",
-        help="also time switch and KV swap of a random-weight 7B-class Llama written to a temp dir (for GPUs)",
+        help="also time decode, switch and KV swap of a random-weight 7B-class Llama written to a temp dir, "
+        "with --model's tokenizer (for GPUs)",
+    )
+    p.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="time random weights of each model's config, written to a temp dir: for a machine whose store "
+        "holds the models' config and tokenizer files only (bench/README.md, on a lent GPU)",
     )
     p.add_argument(
         "--synthetic-layers", type=int, default=32, help="layers of the synthetic model (default: %(default)s)"
@@ -98,10 +105,17 @@ def bench_engine(args: argparse.Namespace) -> int:
             swap_seqs=args.swap_seqs,
             swap_prompt_tokens=args.swap_prompt_tokens,
             synthetic_layers=args.synthetic_layers if args.synthetic_7b else None,
+            random_weights=args.random_weights,
         )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if not args.random_weights:
+        for path in (cfg.model_path, cfg.other_path):
+            if not any(path.glob("*.safetensors")):
+                print(f"error: {path} holds no weights (*.safetensors); --random-weights times random weights "
+                      "of its config", file=sys.stderr)
+                return 2
     result = bench.run(cfg, log=lambda message: print(f"[bench] {message}", file=sys.stderr, flush=True))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

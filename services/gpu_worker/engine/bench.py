@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import datetime
 import gc
-import json
 import os
 import platform
+import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -23,8 +23,9 @@ import torch
 from shared.tokenizer import Tokenizer
 
 from . import bench_decode, bench_memory
-from .config import EngineConfig
+from .config import EngineConfig, load_model_config
 from .engine import Engine
+from .random_checkpoint import write_random_checkpoint
 from .scheduler import pages_needed
 
 DECODE_TARGETS = {1: 1.0, 32: 1.5}
@@ -47,6 +48,8 @@ class BenchConfig:
     swap_prompt_tokens: int = 512
     synthetic_layers: int | None = None
     """Layers of the synthetic 7B-class checkpoint; None skips it."""
+    random_weights: bool = False
+    """Time random weights of each model's config (a machine with its config and tokenizer only)."""
 
     def __post_init__(self):
         if self.new_tokens < 2:
@@ -64,18 +67,34 @@ def run(cfg: BenchConfig, log=lambda message: None) -> dict:
     engine_config = EngineConfig(device=cfg.device)
     device = torch.device(cfg.device)
     result = {"bench": "engine", "machine": machine(device), "config": _config_json(cfg, engine_config)}
-    size = bench_memory.model_size(cfg.model, cfg.model_path, engine_config.torch_dtype)
-    result["decode"] = decode(cfg, engine_config, size, log)
-    result |= memory_sections(cfg, engine_config, cfg.model, cfg.model_path, size, log)
-    if cfg.synthetic_layers is not None:
-        result["synthetic_7b"] = synthetic_7b(cfg, engine_config, log)
+    with tempfile.TemporaryDirectory(prefix="tokenpool-bench-") as tmp:
+        if cfg.random_weights:
+            cfg = replace(
+                cfg,
+                model_path=_random_copy(cfg.model_path, Path(tmp) / cfg.model, device, log),
+                other_path=_random_copy(cfg.other_path, Path(tmp) / cfg.other_model, device, log),
+            )
+        size = bench_memory.model_size(cfg.model, cfg.model_path, engine_config.torch_dtype)
+        result["decode"] = decode(cfg, engine_config, cfg.model, cfg.model_path, size, log)
+        result |= memory_sections(cfg, engine_config, cfg.model, cfg.model_path, size, log)
+        if cfg.synthetic_layers is not None:
+            result["synthetic_7b"] = synthetic_7b(cfg, engine_config, Path(tmp), log)
     result["machine"]["loadavg_end"] = list(os.getloadavg())
     result["elapsed_s"] = time.perf_counter() - started
     return _rounded(result)
 
 
-def decode(cfg: BenchConfig, engine_config: EngineConfig, size: bench_memory.ModelSize, log) -> dict:
-    tokenizer = Tokenizer(cfg.model_path)
+def _random_copy(source: Path, dest: Path, device: torch.device, log) -> Path:
+    started = time.perf_counter()
+    write_random_checkpoint(source, dest, device=device)
+    log(f"wrote random weights of {source.name} in {time.perf_counter() - started:.1f} s")
+    return dest
+
+
+def decode(
+    cfg: BenchConfig, engine_config: EngineConfig, name: str, path: Path, size: bench_memory.ModelSize, log
+) -> dict:
+    tokenizer = Tokenizer(path)
     prompts = {b: bench_decode.prompt_token_ids(tokenizer, b) for b in cfg.batches}
     longest = max(len(p) for ps in prompts.values() for p in ps)
     block_tokens = engine_config.kv_page_bytes // size.kv_bytes_per_token
@@ -89,17 +108,17 @@ def decode(cfg: BenchConfig, engine_config: EngineConfig, size: bench_memory.Mod
             host_swap_bytes=engine_config.kv_page_bytes,
             max_batch_size=max(max(cfg.batches), engine_config.max_batch_size),
         ),
-        {cfg.model: cfg.model_path},
+        {name: path},
     )
     read = bench_memory.read_limit(torch.device(cfg.device), size.weight_bytes, 3 * cfg.memory_repeats)
     read["step_s"] = size.weight_bytes / (read["gb_s"] * 1e9)
     log(f"weight read limit: {read['gb_s']:.2f} GB/s, {read['step_s'] * 1000:.1f} ms per decode step")
-    engine.activate(cfg.model)
-    hf = bench_decode.HFDecoder(cfg.model_path, torch.device(cfg.device), engine_config.torch_dtype)
+    engine.activate(name)
+    hf = bench_decode.HFDecoder(path, torch.device(cfg.device), engine_config.torch_dtype)
     try:
         results = []
         for batch in cfg.batches:
-            row = bench_decode.compare_batch(engine, cfg.model, hf, prompts[batch], cfg.new_tokens, cfg.repeats, log)
+            row = bench_decode.compare_batch(engine, name, hf, prompts[batch], cfg.new_tokens, cfg.repeats, log)
             if batch in DECODE_TARGETS:
                 row["target_ratio"] = DECODE_TARGETS[batch]
                 row["target_met"] = row["ratio"] >= DECODE_TARGETS[batch]
@@ -147,15 +166,19 @@ def _release(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def synthetic_7b(cfg: BenchConfig, engine_config: EngineConfig, log) -> dict:
-    """Switch and KV swap on a random-weight Llama of 7B shape (fewer layers with --synthetic-layers)."""
+def synthetic_7b(cfg: BenchConfig, engine_config: EngineConfig, tmp: Path, log) -> dict:
+    """Decode, switch and KV swap of a random-weight Llama of 7B shape (fewer layers with
+    --synthetic-layers) that uses --model's tokenizer."""
     name = "synthetic-7b"
-    with tempfile.TemporaryDirectory(prefix="tokenpool-synthetic-") as tmp:
-        started = time.perf_counter()
-        path = write_synthetic_llama(Path(tmp) / name, cfg.synthetic_layers, torch.device(cfg.device))
-        log(f"wrote {name} ({cfg.synthetic_layers} layers) in {time.perf_counter() - started:.1f} s")
-        size = bench_memory.model_size(name, path, engine_config.torch_dtype)
-        sections = memory_sections(cfg, engine_config, name, path, size, log)
+    started = time.perf_counter()
+    config = synthetic_7b_config(cfg.synthetic_layers, load_model_config(cfg.model, cfg.model_path))
+    path = write_random_checkpoint(cfg.model_path, tmp / name, config=config, device=torch.device(cfg.device))
+    log(f"wrote {name} ({cfg.synthetic_layers} layers) in {time.perf_counter() - started:.1f} s")
+    size = bench_memory.model_size(name, path, engine_config.torch_dtype)
+    _release(torch.device(cfg.device))
+    decoded = decode(cfg, engine_config, name, path, size, log)
+    sections = memory_sections(cfg, engine_config, name, path, size, log)
+    shutil.rmtree(path)
     cfg_ = size.cfg
     return {
         "model": {
@@ -169,77 +192,38 @@ def synthetic_7b(cfg: BenchConfig, engine_config: EngineConfig, log) -> dict:
             "checkpoint_dtype": "bfloat16",
             "weight_bytes": size.weight_bytes,
         },
+        "decode": decoded,
         **sections,
     }
 
 
-SYNTHETIC_7B = dict(hidden_size=4096, intermediate_size=14336, heads=32, kv_heads=8, vocab_size=32000)
+SYNTHETIC_7B = dict(hidden_size=4096, intermediate_size=14336, heads=32, kv_heads=8)
+"""Llama-3-8B's and Mistral-7B's shapes; the vocabulary is the tokenizer's (SmolLM2's 49,152)."""
 
 
-def write_synthetic_llama(path: Path, layers: int, device: torch.device) -> Path:
-    """A random-weight Llama checkpoint of 7B shape in bf16 safetensors, one shard per 4 layers."""
-    from safetensors.torch import save_file
-
+def synthetic_7b_config(layers: int, tokens_from) -> dict:
+    """A Llama config of 7B shape whose vocabulary and special tokens are `tokens_from`'s
+    (a ModelConfig), so that model's tokenizer drives it."""
     s = SYNTHETIC_7B
-    hidden, inter, head_dim = s["hidden_size"], s["intermediate_size"], s["hidden_size"] // s["heads"]
-    kv = s["kv_heads"] * head_dim
-    path.mkdir(parents=True)
-    config = {
+    return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
-        "hidden_size": hidden,
-        "intermediate_size": inter,
+        "hidden_size": s["hidden_size"],
+        "intermediate_size": s["intermediate_size"],
         "num_hidden_layers": layers,
         "num_attention_heads": s["heads"],
         "num_key_value_heads": s["kv_heads"],
-        "head_dim": head_dim,
-        "vocab_size": s["vocab_size"],
+        "head_dim": s["hidden_size"] // s["heads"],
+        "vocab_size": tokens_from.vocab_size,
         "max_position_embeddings": 4096,
         "rms_norm_eps": 1e-5,
         "rope_theta": 500000.0,
         "hidden_act": "silu",
         "tie_word_embeddings": False,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
+        "bos_token_id": tokens_from.bos_token_id,
+        "eos_token_id": list(tokens_from.eos_token_ids) or None,
         "torch_dtype": "bfloat16",
     }
-    (path / "config.json").write_text(json.dumps(config, indent=2))
-    gen_device = device if device.type == "cuda" else torch.device("cpu")
-    generator = torch.Generator(gen_device).manual_seed(0)
-
-    def randn(*shape):
-        t = torch.empty(shape, dtype=torch.bfloat16, device=gen_device).normal_(0.0, 0.02, generator=generator)
-        return t.cpu()
-
-    shards = {
-        "model-embed.safetensors": {
-            "model.embed_tokens.weight": randn(s["vocab_size"], hidden),
-            "model.norm.weight": torch.ones(hidden, dtype=torch.bfloat16),
-            "lm_head.weight": randn(s["vocab_size"], hidden),
-        }
-    }
-    for first in range(0, layers, 4):
-        shard = {}
-        for i in range(first, min(first + 4, layers)):
-            p = f"model.layers.{i}."
-            shard |= {
-                p + "input_layernorm.weight": torch.ones(hidden, dtype=torch.bfloat16),
-                p + "post_attention_layernorm.weight": torch.ones(hidden, dtype=torch.bfloat16),
-                p + "self_attn.q_proj.weight": randn(hidden, hidden),
-                p + "self_attn.k_proj.weight": randn(kv, hidden),
-                p + "self_attn.v_proj.weight": randn(kv, hidden),
-                p + "self_attn.o_proj.weight": randn(hidden, hidden),
-                p + "mlp.gate_proj.weight": randn(inter, hidden),
-                p + "mlp.up_proj.weight": randn(inter, hidden),
-                p + "mlp.down_proj.weight": randn(hidden, inter),
-            }
-        shards[f"model-layers-{first:03d}.safetensors"] = shard
-    weight_map = {}
-    for file, tensors in shards.items():
-        save_file(tensors, str(path / file), metadata={"format": "pt"})
-        weight_map |= {k: file for k in tensors}
-    (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    return path
 
 
 def machine(device: torch.device) -> dict:
@@ -305,6 +289,7 @@ def _config_json(cfg: BenchConfig, engine_config: EngineConfig) -> dict:
         "swap_seqs": cfg.swap_seqs,
         "swap_prompt_tokens": cfg.swap_prompt_tokens,
         "synthetic_layers": cfg.synthetic_layers,
+        "random_weights": cfg.random_weights,
     }
 
 
@@ -324,28 +309,35 @@ def format_report(result: dict) -> str:
     lines = [
         f"tokenpool engine bench - {m['date']} - {m['device_name']} ({m['cores']} cores, "
         f"torch {m['torch']}, {m['torch_threads']} threads)",
-        f"model {result['config']['model']} ({result['config']['dtype']}), "
+        f"model {result['config']['model']} ({result['config']['dtype']}"
+        f"{', random weights' if result['config'].get('random_weights') else ''}), "
         f"{result['decode']['new_tokens']} new tokens, medians of {result['decode']['repeats']}",
         "",
-        f"{'batch':>5} {'ours tok/s':>11} {'hf tok/s':>9} {'ratio':>6} {'same tokens':>11}  target",
+        *_decode_lines(result["decode"], ""),
+        "",
+        *_memory_lines(result, ""),
     ]
-    for row in result["decode"]["results"]:
+    if "synthetic_7b" in result:
+        s = result["synthetic_7b"]
+        lines += ["", f"synthetic 7B-class ({s['model']['layers']} layers, {s['model']['weight_bytes'] / 1e9:.2f} GB):"]
+        lines += _decode_lines(s["decode"], "  ") + _memory_lines(s, "  ")
+    lines.append(f"\n({result['elapsed_s']:.0f} s)")
+    return "\n".join(lines)
+
+
+def _decode_lines(decode: dict, indent: str) -> list[str]:
+    lines = [f"{indent}{'batch':>5} {'ours tok/s':>11} {'hf tok/s':>9} {'ratio':>6} {'same tokens':>11}  target"]
+    for row in decode["results"]:
         target = ""
         if "target_ratio" in row:
             target = f">= {row['target_ratio']}: {'met' if row['target_met'] else 'NOT met'}"
         lines.append(
-            f"{row['batch']:>5} {row['ours_tok_s']:>11.1f} {row['hf_tok_s']:>9.1f} {row['ratio']:>6.2f} "
+            f"{indent}{row['batch']:>5} {row['ours_tok_s']:>11.1f} {row['hf_tok_s']:>9.1f} {row['ratio']:>6.2f} "
             f"{row['greedy_identical_sequences']:>11}  {target}"
         )
-    read = result["decode"]["read_limit"]
-    lines.append(f"weight read limit {read['gb_s']:.2f} GB/s = {read['step_s'] * 1000:.1f} ms per decode step")
-    lines += ["", *_memory_lines(result, "")]
-    if "synthetic_7b" in result:
-        s = result["synthetic_7b"]
-        lines += ["", f"synthetic 7B-class ({s['model']['layers']} layers, {s['model']['weight_bytes'] / 1e9:.2f} GB):"]
-        lines += _memory_lines(s, "  ")
-    lines.append(f"\n({result['elapsed_s']:.0f} s)")
-    return "\n".join(lines)
+    read = decode["read_limit"]
+    lines.append(f"{indent}weight read limit {read['gb_s']:.2f} GB/s = {read['step_s'] * 1000:.1f} ms per decode step")
+    return lines
 
 
 def _met(section: dict) -> str:
