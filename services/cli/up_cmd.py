@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
@@ -22,6 +23,11 @@ def register(subparsers) -> None:
     p.add_argument("--nats", default=None, help="use this NATS server instead of starting one")
     p.add_argument("--run-dir", type=Path, default=None, help="folder for JetStream data and state")
     p.add_argument("--device", default=None, help="worker device: cpu or cuda")
+    p.add_argument(
+        "--worker-threads", type=int, default=None,
+        help="CPU threads for each worker's engine math (default: the cores but one, which the other "
+             "services keep, shared among the --workers)",
+    )
     p.add_argument(
         "--scheduling", choices=("token", "request"), default="token",
         help="token: models share a worker in SLO-sized turns (default); request: one model at a time",
@@ -49,6 +55,22 @@ def router_args(args: argparse.Namespace) -> tuple[str, ...]:
     return extra
 
 
+def worker_threads(requested: int | None, workers: int, cores: int | None) -> int:
+    """On one machine the engine's math shares the cores with nats-server, gateway and router; a
+    CPU engine whose torch threads fill every core stalls whenever another process runs
+    (bench/README.md, "Torch, 8 streams"), so by default the workers leave one core free."""
+    if requested is not None:
+        if requested < 1:
+            raise ValueError(f"--worker-threads must be at least 1, got {requested}")
+        return requested
+    return max(1, ((cores or 1) - 1) // max(1, workers))
+
+
+def worker_args(args: argparse.Namespace) -> tuple[str, ...]:
+    threads = worker_threads(args.worker_threads, args.workers, os.cpu_count())
+    return (("--device", args.device) if args.device else ()) + ("--threads", str(threads))
+
+
 def up(args: argparse.Namespace) -> int:
     from services.autoscaler.scaling_args import scaling_config
     from services.supervisor import Stack, StackConfig, gateway_health
@@ -63,7 +85,7 @@ def up(args: argparse.Namespace) -> int:
             catalog=args.config or env.catalog_path(),
             nats=args.nats,
             run_dir=run_dir,
-            worker_args=("--device", args.device) if args.device else (),
+            worker_args=worker_args(args),
             router_args=router_args(args),
             autoscale=args.autoscale,
             autoscaler_args=tuple(f"--scaling={pair}" for pair in args.scaling),

@@ -93,7 +93,8 @@ class GpuWorker:
         except BaseException:
             await self.__aexit__(None, None, None)
             raise
-        log.info("worker %s serving %s on %s", c.worker_id, ", ".join(self.models), c.device)
+        threads = f" with {c.threads} engine thread{'s' if c.threads > 1 else ''}" if c.threads else ""
+        log.info("worker %s serving %s on %s%s", c.worker_id, ", ".join(self.models), c.device, threads)
         return self
 
     async def run(self) -> None:

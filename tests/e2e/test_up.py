@@ -27,6 +27,10 @@ def _processes_mentioning(text: str) -> list[int]:
     return pids
 
 
+def _argv(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+
+
 def test_up_serves_then_sigterm_stops_every_child(tmp_path, model_store):
     catalog = write_catalog(tmp_path / "up-catalog.toml", model_store.root, models=("demo-llama", "demo-qwen2"))
     port = free_port()
@@ -39,6 +43,8 @@ def test_up_serves_then_sigterm_stops_every_child(tmp_path, model_store):
         line = up.stdout.readline()
         assert json.loads(line) == {"status": "serving", "url": f"http://127.0.0.1:{port}", "nats": json.loads(line)["nats"]}
         assert len(_processes_mentioning(str(catalog))) >= 4  # router, autoscaler, worker, gateway
+        (worker,) = [argv for argv in map(_argv, _processes_mentioning(str(catalog))) if "services.gpu_worker" in argv]
+        assert worker[worker.index("--threads") + 1] == str(max(1, os.cpu_count() - 1)), "a core is left to the rest"
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=120)
         resp = client.completions.create(model="demo-llama", prompt="Hello", max_tokens=5, temperature=0)
         assert resp.usage.completion_tokens == 5
@@ -48,6 +54,27 @@ def test_up_serves_then_sigterm_stops_every_child(tmp_path, model_store):
         assert up.wait(60) == 0
     assert _processes_mentioning(str(catalog)) == []
     assert _processes_mentioning(str(tmp_path / "run" / "nats")) == []
+
+
+def test_worker_threads_leave_a_core_to_the_other_services_and_are_shared_among_workers():
+    from services.cli.up_cmd import worker_threads
+
+    assert worker_threads(None, workers=1, cores=2) == 1
+    assert worker_threads(None, workers=1, cores=16) == 15
+    assert worker_threads(None, workers=2, cores=16) == 7
+    assert worker_threads(None, workers=4, cores=2) == 1
+    assert worker_threads(None, workers=1, cores=None) == 1
+    assert worker_threads(3, workers=1, cores=2) == 3
+
+
+def test_up_refuses_zero_worker_threads_before_starting_anything(tmp_path):
+    run = subprocess.run(
+        [sys.executable, "-m", "services.cli", "up", "--worker-threads", "0", "--run-dir", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert run.returncode == 2
+    assert "--worker-threads must be at least 1, got 0" in run.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_up_refuses_a_bad_autoscaler_setting_before_starting_anything(tmp_path):
