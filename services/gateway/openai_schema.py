@@ -153,7 +153,7 @@ def _message(i: int, m) -> dict:
     role = m.get("role")
     if role not in ROLES:
         shown = role if isinstance(role, str) else json_type(role)
-        raise invalid(f"'{where}.role' must be one of system, user, assistant, got {shown!r}", f"{where}.role")
+        raise invalid(f"'{where}.role' must be one of system, developer, user, assistant, got {shown!r}", f"{where}.role")
     return {"role": ROLES[role], "content": _content(where, m.get("content"))}
 
 

@@ -98,7 +98,7 @@ BAD_CHATS = [
     (M | {"messages": "hi"}, "messages", "'messages' must be an array, got string"),
     (M | {"messages": ["hi"]}, "messages[0]", "must be an object, got string"),
     (M | {"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role", "got 'robot'"),
-    (M | {"messages": [{"content": "x"}]}, "messages[0].role", "must be one of system, user, assistant"),
+    (M | {"messages": [{"content": "x"}]}, "messages[0].role", "must be one of system, developer, user, assistant"),
     (M | {"messages": [{"role": "user"}]}, "messages[0].content", "got null"),
     (M | {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
      "messages[0].content", "only text content is supported"),
