@@ -23,6 +23,7 @@ def test_bench_engine_json_has_every_section_with_positive_numbers(model_store, 
     report = json.loads(result.stdout)
     assert json.loads(out.read_text()) == report
     assert report["config"]["model"] == "demo-llama"
+    assert report["decode"]["packed_matmul"] is True
     assert report["machine"]["cores"] >= 1 and report["machine"]["torch"]
 
     (row,) = report["decode"]["results"]
@@ -71,7 +72,7 @@ def test_bench_engine_times_random_weights_of_a_store_without_weights(model_stor
     quick = ["--batches", "1", "--tokens", "4", "--repeats", "1", "--memory-repeats", "1", "--swap-seqs", "2"]
 
     refused = subprocess.run(base + quick, env=env, capture_output=True, text=True, timeout=120)
-    timed = subprocess.run(base + quick + ["--random-weights", "--json"], env=env, capture_output=True, text=True,
+    timed = subprocess.run(base + quick + ["--random-weights", "--plain-matmul", "--json"], env=env, capture_output=True, text=True,
                            timeout=300)
 
     assert refused.returncode == 2 and "holds no weights" in refused.stderr and "--random-weights" in refused.stderr
@@ -79,6 +80,7 @@ def test_bench_engine_times_random_weights_of_a_store_without_weights(model_stor
     assert timed.returncode == 0, timed.stderr
     report = json.loads(timed.stdout)
     assert report["config"]["random_weights"] is True
+    assert report["decode"]["packed_matmul"] is False
     (row,) = report["decode"]["results"]
     assert row["ours_tok_s"] > 0 and row["hf_tok_s"] > 0
     assert report["switch"]["no_prefetch"]["s"] > 0 and report["kv_swap"]["swap_in_gb_s"] > 0

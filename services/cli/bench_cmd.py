@@ -56,6 +56,11 @@ def register(subparsers) -> None:
     p.add_argument(
         "--synthetic-layers", type=int, default=32, help="layers of the synthetic model (default: %(default)s)"
     )
+    p.add_argument(
+        "--plain-matmul",
+        action="store_true",
+        help="decode with plain F.linear instead of oneDNN-packed weights (CPU; to see what packing buys)",
+    )
     p.add_argument("--out", type=Path, help="also write the JSON object to this file")
     p.add_argument("--json", action="store_true", help="print the JSON object instead of a summary")
     p.set_defaults(handler=bench_engine)
@@ -106,6 +111,7 @@ def bench_engine(args: argparse.Namespace) -> int:
             swap_prompt_tokens=args.swap_prompt_tokens,
             synthetic_layers=args.synthetic_layers if args.synthetic_7b else None,
             random_weights=args.random_weights,
+            packed_matmul=not args.plain_matmul,
         )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

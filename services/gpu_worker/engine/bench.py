@@ -50,6 +50,8 @@ class BenchConfig:
     """Layers of the synthetic 7B-class checkpoint; None skips it."""
     random_weights: bool = False
     """Time random weights of each model's config (a machine with its config and tokenizer only)."""
+    packed_matmul: bool = True
+    """Decode with EngineConfig.packed_cpu_matmul (CPU); False times plain F.linear."""
 
     def __post_init__(self):
         if self.new_tokens < 2:
@@ -107,6 +109,7 @@ def decode(
             kv_page_bytes=engine_config.kv_page_bytes,
             host_swap_bytes=engine_config.kv_page_bytes,
             max_batch_size=max(max(cfg.batches), engine_config.max_batch_size),
+            packed_cpu_matmul=cfg.packed_matmul,
         ),
         {name: path},
     )
@@ -130,6 +133,7 @@ def decode(
         engine.close()
     return {
         "dtype": str(engine_config.torch_dtype).removeprefix("torch."),
+        "packed_matmul": engine.packs_matmul,
         "new_tokens": cfg.new_tokens,
         "repeats": cfg.repeats,
         "method": "tok/s = B*(N-1) / time from every sequence's first token to every sequence's last "
@@ -290,6 +294,7 @@ def _config_json(cfg: BenchConfig, engine_config: EngineConfig) -> dict:
         "swap_prompt_tokens": cfg.swap_prompt_tokens,
         "synthetic_layers": cfg.synthetic_layers,
         "random_weights": cfg.random_weights,
+        "packed_matmul": cfg.packed_matmul,
     }
 
 
@@ -310,7 +315,8 @@ def format_report(result: dict) -> str:
         f"tokenpool engine bench - {m['date']} - {m['device_name']} ({m['cores']} cores, "
         f"torch {m['torch']}, {m['torch_threads']} threads)",
         f"model {result['config']['model']} ({result['config']['dtype']}"
-        f"{', random weights' if result['config'].get('random_weights') else ''}), "
+        f"{', random weights' if result['config'].get('random_weights') else ''}"
+        f"{', packed matmul' if result['decode'].get('packed_matmul') else ''}), "
         f"{result['decode']['new_tokens']} new tokens, medians of {result['decode']['repeats']}",
         "",
         *_decode_lines(result["decode"], ""),

@@ -27,6 +27,7 @@ import torch
 
 from shared.tokenizer import Tokenizer, TokenizerError
 
+from . import cpu_matmul
 from .config import EngineConfig, load_model_config
 from .errors import InvalidRequestError, OutOfMemoryError, UnknownModelError
 from .handoff import (
@@ -42,7 +43,7 @@ from .handoff import (
 from .layout import weight_layout
 from .loader import load_weights
 from .memory import Copier, DeviceArena, HostSwapArea
-from .model import DecoderModel
+from .model import DecoderModel, projection_weights
 from .residency import ModelSlot, Tier
 from .runner import run_batch
 from .sampler import sample
@@ -99,6 +100,10 @@ class Engine:
         pin = self.device.type == "cuda"
         self.swap = HostSwapArea(self.dtype, self.arena.page_elems, config.host_swap_bytes, pin)
         self.copier = Copier(self.device)
+        self.packs_matmul = (
+            self.device.type == "cpu" and config.packed_cpu_matmul and cpu_matmul.supported(self.dtype)
+        )
+        """Whether models compute with packed projection weights (CPU, cpu_matmul.py)."""
         self.scheduler = Scheduler(self.arena.pages, config.max_batch_tokens, config.max_batch_size)
         self.active: str | None = None
         self.pinned: frozenset[str] = frozenset()
@@ -140,6 +145,9 @@ class Engine:
         slot = self.slot(name)
         if slot.host is None:
             slot.host = load_weights(slot.cfg, slot.path, slot.layout, self.dtype, pin=self.device.type == "cuda")
+            if self.packs_matmul:
+                weights = projection_weights(slot.cfg, slot.layout.views(slot.host))
+                slot.packed = {key: cpu_matmul.pack(w) for key, w in weights.items()}
 
     def prefetch(self, name: str) -> None:
         """Starts copying the model into the arena while the active model keeps computing."""
@@ -176,7 +184,8 @@ class Engine:
 
     def unload(self, name: str) -> None:
         self.evict(name)
-        self.slot(name).host = None
+        slot = self.slot(name)
+        slot.host, slot.packed = None, None
 
     def _place_in_arena(self, slot: ModelSlot, keep: set) -> torch.Tensor:
         """Loads the model to host memory if needed, reserves its arena range, builds its views once."""
@@ -184,7 +193,7 @@ class Engine:
         offset = self._allocate_weights(slot, keep)
         dest = self.arena.weights[offset : offset + slot.layout.numel]
         slot.device_offset = offset
-        slot.model = DecoderModel(slot.cfg, slot.layout.views(dest), self.device)
+        slot.model = DecoderModel(slot.cfg, slot.layout.views(dest), self.device, slot.packed)
         return dest
 
     def _allocate_weights(self, slot: ModelSlot, keep: set) -> int:

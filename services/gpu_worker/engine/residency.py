@@ -28,6 +28,8 @@ class ModelSlot:
     kv: torch.Tensor
     """This model's view of the shared KV page pool."""
     host: torch.Tensor | None = None
+    packed: dict[str, torch.Tensor] | None = None
+    """CPU only: oneDNN-packed copies of the host copy's projection weights (cpu_matmul.py)."""
     device_offset: int | None = None
     model: DecoderModel | None = None
     pending_copy: object = None
