@@ -19,12 +19,11 @@ cost_fit.py):
     decode step  = a + b * batch + c * context_tokens
     prefill step = p0 + p1 * tokens + p2 * squared_tokens
 with a, b and c fitted, then a + b * batch replaced by a table of the measured step time at each
-measured batch size less c * context (StepFit.decode_batch_table): on this CPU a batch of 2 or 3
-steps slower than a batch of 4 (demo-llama: 9.5, 18.2, 25.7, 15.4 ms at batches 1-4; the M=2-3
-matrix products, LM head included, take a slower path), which no line through the points prices.
-The same effect makes a prefill of 2-4 short prompts cost ~8 ms more than the fit says (its first
-tokens come from an M=2-4 LM head); the prefill fit does not know the prompt count, hence its
-worst points (2 prompts of 32 tokens: the fit is 22-39 % low).
+measured batch size less c * context (StepFit.decode_batch_table): a CPU's step time is not a
+line in the batch size. With plain F.linear, a batch of 2 or 3 stepped slower than a batch of 4
+(demo-llama: 9.5, 18.2, 25.7, 15.4 ms at batches 1-4; the M=2-3 matrix products took a slower
+path); with the engine's oneDNN-packed weights (cpu_matmul.py) batches 1-6 cost about the same
+(demo-llama: 5.9, 5.9, 5.2, 5.1, 5.5 ms at batches 1, 2, 3, 4, 6). No line prices either.
 and for the device:
     switch (evict, then activate: one bulk copy host -> arena and the model's views)
                    = switch_fixed + weight bytes / host_to_device, fitted over the models' sizes
@@ -35,15 +34,16 @@ and for the device:
                      whose arena holds all its models.
 
 bench/results/engine-cost-cpu-2026-11-21.json (2-core AMD EPYC VM shared with other jobs, torch
-float32, 1 thread, 3 rounds; relative error of the fit over the measured points, median / max):
+float32 with packed weights, 1 thread, 3 rounds; relative error of the fit over the measured
+points, median / max):
     model                   decode a ms  b ms/seq  c us/tok  err       prefill a ms  b us/tok  err
-    smollm2-135m-instruct   66.7         3.84      14.0      2% / 16%  61.4          2590      3% / 11%
-    demo-llama              12.1         0.64      0.67      1% / 5%   12.0          96.3      4% / 22%
-    demo-qwen2              12.5         0.67      0.20      1% / 11%  10.6          104       6% / 30%
-    demo-mistral            9.8          0.78      2.39      4% / 48%  9.6           59.9      7% / 39%
-    switch: 2.3 ms + bytes / 11.5 GB/s (memcpy copy limit 9.0 GB/s in the same run)
-demo-mistral's worst decode point is a round disturbed by other jobs (b24, 3216 context:
-33, 65, 59 ms in three rounds).
+    smollm2-135m-instruct   34.9         1.93      9.03      1% / 5%   29.8          2095      1% / 3%
+    demo-llama              4.41         0.34      0.33      1% / 5%   5.15          72.6      4% / 8%
+    demo-qwen2              5.05         0.38      0.22      1% / 4%   6.56          76.8      3% / 9%
+    demo-mistral            3.88         0.33      0.48      2% / 11%  5.08          35.9      4% / 9%
+    switch: 1.2 ms + bytes / 14.0 GB/s (memcpy copy limit 16.5 GB/s in the same run)
+(The profile before the packed weights, in git history, had smollm2's decode a = 66.7 ms and
+b = 3.84 ms per sequence.)
 """
 
 from __future__ import annotations
