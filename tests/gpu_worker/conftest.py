@@ -173,3 +173,9 @@ async def take_turns(client: BusClient, worker_id: str, requests: dict[str, list
 
 def token_ids(chunks: list[TokenChunk]) -> list[int]:
     return [t for c in chunks for t in c.token_ids]
+
+
+def token_indexes(chunks: list[TokenChunk]) -> list[int]:
+    """The output index of every token the chunks carry. Tokens that queued while the worker's
+    publisher was busy travel as one multi-token chunk, so a chunk's index is its first token's."""
+    return [i for c in chunks for i in range(c.index, c.index + len(c.token_ids))]

@@ -14,7 +14,7 @@ from services.gpu_worker.engine.handoff import HandoffArea
 from services.gpu_worker.engine.sequence import EngineRequest, SamplingParams
 from shared.protocol import Sampling, Usage
 
-from .conftest import GREEDY, BusClient, running_worker, token_ids, worker_config
+from .conftest import GREEDY, BusClient, running_worker, token_ids, token_indexes, worker_config
 from .thread_harness import Harness, plan
 
 LLAMA = "demo-llama"
@@ -126,7 +126,7 @@ async def test_two_worker_services_hand_the_kv_over_on_the_bus(nats_url, client,
 
     assert handed.handed_off == ("moved",) and len(first) == 1
     assert (decoded.prefill_tokens, decoded.finished) == (0, ("moved",))
-    assert [c.index for c in chunks] == list(range(GREEDY.max_tokens))
-    assert [c.worker_id for c in chunks] == ["w-prefill"] + ["w-decode"] * (GREEDY.max_tokens - 1)
+    assert token_indexes(chunks) == list(range(GREEDY.max_tokens))
+    assert [c.worker_id for c in chunks for _ in c.token_ids] == ["w-prefill"] + ["w-decode"] * (GREEDY.max_tokens - 1)
     assert token_ids(chunks) == solo
     assert not list((tmp_path / "kv").iterdir())
