@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --engine echo: seconds each step sleeps, standing in for a model (default 0)")
     p.add_argument("--turn-linger-s", type=float, default=WorkerConfig.turn_linger_s,
                    help="seconds a turn that admits newcomers waits for one when its requests are done (default 0.005)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for the engine's math (default: torch's)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for the engine's math (default on CPU: every core but one; on CUDA: torch's)")
     p.add_argument("--kv-handoff-dir", type=Path, default=None,
                    help="directory where this machine's workers hand KV caches from prefill to decode "
                         "(env TOKENPOOL_KV_HANDOFF_DIR, default /dev/shm/tokenpool-kv)")

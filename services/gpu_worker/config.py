@@ -65,8 +65,9 @@ class WorkerConfig:
     """An admitting turn whose requests are all done waits this long for a newcomer before it
     ends (services/gpu_worker/turn.py); 0 ends it at once."""
     threads: int | None = None
-    """CPU threads the engine's math may use (torch.set_num_threads); None keeps torch's default.
-    On a small CPU host, fewer threads than cores leave room for the rest of the stack."""
+    """CPU threads the engine's math may use (torch.set_num_threads). None: on a CPU device, every
+    core but one, which the worker's own publisher and the services beside it need (a torch
+    thread per core stalls whenever another process runs); on CUDA, torch's default."""
     kv_handoff_dir: Path | None = None
     """This machine's KV hand-off area (disaggregated prefill to decode between its workers);
     None: $TOKENPOOL_KV_HANDOFF_DIR, else /dev/shm/tokenpool-kv (or tokenpool-kv in the temp dir)."""
@@ -126,9 +127,19 @@ def build_engine(config: WorkerConfig, plan: EnginePlan):
 
     from services.gpu_worker.engine.engine import Engine
 
-    if config.threads is not None:
-        torch.set_num_threads(config.threads)
+    threads = engine_threads(config)
+    if threads is not None:
+        torch.set_num_threads(threads)
     return Engine(plan.engine, plan.paths)
+
+
+def engine_threads(config: WorkerConfig) -> int | None:
+    """The torch threads the engine gets (WorkerConfig.threads); None leaves torch's default."""
+    if config.threads is not None:
+        return config.threads
+    if config.device == "cpu" and config.engine == "torch":
+        return max(1, (os.cpu_count() or 1) - 1)
+    return None
 
 
 def served_models(config: WorkerConfig, catalog: Catalog) -> list[str]:

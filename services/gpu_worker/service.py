@@ -21,7 +21,7 @@ import time
 
 from services.gpu_worker import commands as cmd
 from services.gpu_worker.coalesce import coalesce, token_batches
-from services.gpu_worker.config import WorkerConfig, build_engine, plan_engine, served_models
+from services.gpu_worker.config import WorkerConfig, build_engine, engine_threads, plan_engine, served_models
 from services.gpu_worker.engine.handoff import HandoffArea
 from services.gpu_worker.engine_thread import EngineThread
 from services.gpu_worker.gpu_metrics import read_gpu_metrics
@@ -93,7 +93,8 @@ class GpuWorker:
         except BaseException:
             await self.__aexit__(None, None, None)
             raise
-        threads = f" with {c.threads} engine thread{'s' if c.threads > 1 else ''}" if c.threads else ""
+        n = engine_threads(c)
+        threads = f" with {n} engine thread{'s' if n > 1 else ''}" if n else ""
         log.info("worker %s serving %s on %s%s", c.worker_id, ", ".join(self.models), c.device, threads)
         return self
 

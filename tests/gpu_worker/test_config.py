@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from services.gpu_worker.__main__ import build_parser, config_from_args, parse_bytes
-from services.gpu_worker.config import CPU_KV_ARENA_BYTES, WorkerConfig, default_worker_id, plan_engine
+from services.gpu_worker.config import (
+    CPU_KV_ARENA_BYTES,
+    WorkerConfig,
+    default_worker_id,
+    engine_threads,
+    plan_engine,
+)
 from shared import env
 from shared.catalog import load_catalog, parse_catalog
 
@@ -110,3 +116,15 @@ def test_the_kv_handoff_area_comes_from_the_flag_else_the_environment_else_share
     default = env.kv_handoff_dir({})
     assert default.name == "tokenpool-kv"
     assert default.parent == (Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir()))
+
+
+def test_a_cpu_engine_leaves_a_core_to_the_rest_unless_told_otherwise(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    base = dict(nats="nats://x:4222", worker_id="w")
+
+    assert engine_threads(WorkerConfig(**base)) == 7
+    assert engine_threads(WorkerConfig(**base, threads=3)) == 3
+    assert engine_threads(WorkerConfig(**base, device="cuda")) is None  # torch's default
+    assert engine_threads(WorkerConfig(**base, engine="echo")) is None  # no math to thread
+    monkeypatch.setattr("os.cpu_count", lambda: 1)
+    assert engine_threads(WorkerConfig(**base)) == 1
