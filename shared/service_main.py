@@ -63,7 +63,6 @@ def run_service(name: str, coro) -> None:
         shutdown_tracing()
 
 
-
 def settle_heap() -> None:
     """Moves what exists now (modules, classes, configuration) out of the collector's sight
     (gc.freeze) and makes young collections rarer; a full collection then scans only what the

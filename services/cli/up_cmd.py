@@ -11,6 +11,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from services.gpu_worker.cpu_threads import cpu_engine_threads
 from shared import env
 
 
@@ -56,14 +57,12 @@ def router_args(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def worker_threads(requested: int | None, workers: int, cores: int | None) -> int:
-    """On one machine the engine's math shares the cores with nats-server, gateway and router; a
-    CPU engine whose torch threads fill every core stalls whenever another process runs
-    (bench/README.md, "Torch, 8 streams"), so by default the workers leave one core free."""
+    """The workers share one machine: by default its cores but one are divided among them."""
     if requested is not None:
         if requested < 1:
             raise ValueError(f"--worker-threads must be at least 1, got {requested}")
         return requested
-    return max(1, ((cores or 1) - 1) // max(1, workers))
+    return cpu_engine_threads(cores, workers)
 
 
 def worker_args(args: argparse.Namespace) -> tuple[str, ...]:

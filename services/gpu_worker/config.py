@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from services.gpu_worker.cpu_threads import cpu_engine_threads
 from services.gpu_worker.engine.config import EngineConfig, load_model_config
 from services.gpu_worker.engine.layout import weight_layout
 from shared.catalog import Catalog
@@ -66,8 +67,7 @@ class WorkerConfig:
     ends (services/gpu_worker/turn.py); 0 ends it at once."""
     threads: int | None = None
     """CPU threads the engine's math may use (torch.set_num_threads). None: on a CPU device, every
-    core but one, which the worker's own publisher and the services beside it need (a torch
-    thread per core stalls whenever another process runs); on CUDA, torch's default."""
+    core but one (cpu_threads.py); on CUDA, torch's default."""
     kv_handoff_dir: Path | None = None
     """This machine's KV hand-off area (disaggregated prefill to decode between its workers);
     None: $TOKENPOOL_KV_HANDOFF_DIR, else /dev/shm/tokenpool-kv (or tokenpool-kv in the temp dir)."""
@@ -138,7 +138,7 @@ def engine_threads(config: WorkerConfig) -> int | None:
     if config.threads is not None:
         return config.threads
     if config.device == "cpu" and config.engine == "torch":
-        return max(1, (os.cpu_count() or 1) - 1)
+        return cpu_engine_threads(os.cpu_count())
     return None
 
 

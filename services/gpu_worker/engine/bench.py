@@ -12,7 +12,6 @@ import datetime
 import gc
 import os
 import platform
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -182,7 +181,6 @@ def synthetic_7b(cfg: BenchConfig, engine_config: EngineConfig, tmp: Path, log) 
     _release(torch.device(cfg.device))
     decoded = decode(cfg, engine_config, name, path, size, log)
     sections = memory_sections(cfg, engine_config, name, path, size, log)
-    shutil.rmtree(path)
     cfg_ = size.cfg
     return {
         "model": {
