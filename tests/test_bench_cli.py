@@ -86,3 +86,70 @@ def test_bench_engine_times_random_weights_of_a_store_without_weights(model_stor
     assert report["switch"]["no_prefetch"]["s"] > 0 and report["kv_swap"]["swap_in_gb_s"] > 0
     assert sorted(p.name for p in store.iterdir()) == ["demo-llama", "demo-qwen2"]
     assert not any(store.rglob("*.safetensors")), "the random weights go to a temp dir, not the store"
+
+
+def bench_engine(model_store, *args, timeout=300):
+    env = {**os.environ, "TOKENPOOL_MODEL_STORE": str(model_store.root)}
+    quick = ["--model", "demo-llama", "--batches", "1", "--tokens", "4", "--repeats", "1", "--memory-repeats", "1"]
+    return subprocess.run([str(TOKENPOOL), "bench", "engine", *quick, *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+# More KV pages than any machine can hold: the kv_swap section's allocation fails for real,
+# as a CUDA out-of-memory would on a GPU.
+SWAP_TOO_BIG = ["--swap-seqs", "100000000"]
+
+
+def test_bench_engine_reports_a_failed_section_and_still_runs_the_others(model_store, tmp_path):
+    out = tmp_path / "bench.json"
+
+    result = bench_engine(model_store, *SWAP_TOO_BIG, "--json", "--out", str(out))
+
+    assert result.returncode == 1
+    assert "kv_swap failed: RuntimeError" in result.stderr and "allocate" in result.stderr
+    report = json.loads(result.stdout)
+    assert json.loads(out.read_text()) == report
+    assert report["finished"] is True and report["failed_sections"] == ["kv_swap"]
+    assert "allocate" in report["kv_swap"]["error"] and "Traceback" in report["kv_swap"]["traceback"]
+    assert report["decode"]["results"][0]["ours_tok_s"] > 0
+    assert report["copy_limit"]["gb_s"] > 0 and report["switch"]["no_prefetch"]["s"] > 0
+
+
+def test_bench_engine_synthetic_only_skips_the_model_and_names_a_failed_synthetic_section(model_store):
+    result = bench_engine(model_store, "--synthetic-7b", "--synthetic-only", "--synthetic-layers", "1", *SWAP_TOO_BIG)
+
+    assert result.returncode == 1
+    assert "synthetic 7B-class (1 layers" in result.stdout
+    assert "kv_swap: FAILED RuntimeError" in result.stdout and "failed: synthetic_7b.kv_swap" in result.stdout
+    assert "switch, no prefetch" in result.stdout, "the sections before the failed one are reported"
+    assert "[bench] decode B=1" in result.stderr and result.stderr.count("[bench] decode B=") == 1, (
+        "only the synthetic model decodes"
+    )
+
+
+def test_bench_engine_synthetic_only_needs_the_synthetic_model(model_store):
+    result = bench_engine(model_store, "--synthetic-only", timeout=60)
+
+    assert result.returncode == 2
+    assert "--synthetic-only needs --synthetic-7b" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bench_engine_killed_midway_leaves_the_sections_it_finished(model_store, tmp_path):
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "TOKENPOOL_MODEL_STORE": str(model_store.root)}
+    args = ["--model", "demo-llama", "--batches", "1", "--tokens", "4", "--repeats", "1", "--out", str(out)]
+    proc = subprocess.Popen([str(TOKENPOOL), "bench", "engine", *args], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stderr:  # the copy limit is logged once it is saved, after decode
+            if line.startswith("[bench] copy limit:"):
+                break
+        proc.kill()
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+
+    partial = json.loads(out.read_text())
+    assert partial["finished"] is False
+    assert partial["decode"]["results"][0]["ours_tok_s"] > 0 and partial["copy_limit"]["gb_s"] > 0
+    assert "kv_swap" not in partial

@@ -54,6 +54,11 @@ def register(subparsers) -> None:
         "holds the models' config and tokenizer files only (bench/README.md, on a lent GPU)",
     )
     p.add_argument(
+        "--synthetic-only",
+        action="store_true",
+        help="with --synthetic-7b: skip --model's own sections (a second run after one that ran out of time)",
+    )
+    p.add_argument(
         "--synthetic-layers", type=int, default=32, help="layers of the synthetic model (default: %(default)s)"
     )
     p.add_argument(
@@ -112,6 +117,7 @@ def bench_engine(args: argparse.Namespace) -> int:
             synthetic_layers=args.synthetic_layers if args.synthetic_7b else None,
             random_weights=args.random_weights,
             packed_matmul=not args.plain_matmul,
+            synthetic_only=args.synthetic_only,
         )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -122,9 +128,19 @@ def bench_engine(args: argparse.Namespace) -> int:
                 print(f"error: {path} holds no weights (*.safetensors); --random-weights times random weights "
                       "of its config", file=sys.stderr)
                 return 2
-    result = bench.run(cfg, log=lambda message: print(f"[bench] {message}", file=sys.stderr, flush=True))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    result = bench.run(
+        cfg,
+        log=lambda message: print(f"[bench] {message}", file=sys.stderr, flush=True),
+        save=lambda so_far: _write_json(args.out, so_far) if args.out else None,
+    )
     print(json.dumps(result, indent=2) if args.json else bench.format_report(result))
-    return 0
+    return 1 if result["failed_sections"] else 0
+
+
+def _write_json(path: Path, result: dict) -> None:
+    """Replaces `path` whole, so a run killed mid-write leaves the previous section's JSON."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(result, indent=2) + "\n")
+    partial.replace(path)

@@ -14,6 +14,7 @@ import os
 import platform
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -51,6 +52,8 @@ class BenchConfig:
     """Time random weights of each model's config (a machine with its config and tokenizer only)."""
     packed_matmul: bool = True
     """Decode with EngineConfig.packed_cpu_matmul (CPU); False times plain F.linear."""
+    synthetic_only: bool = False
+    """Skip `model`'s own sections: only the synthetic 7B-class ones (a second device call)."""
 
     def __post_init__(self):
         if self.new_tokens < 2:
@@ -61,13 +64,20 @@ class BenchConfig:
             raise ValueError("--batches must list positive batch sizes, e.g. 1,8,32")
         if self.model == self.other_model:
             raise ValueError("the other model (--other-model) must differ from --model")
+        if self.synthetic_only and self.synthetic_layers is None:
+            raise ValueError("--synthetic-only needs --synthetic-7b")
 
 
-def run(cfg: BenchConfig, log=lambda message: None) -> dict:
+def run(cfg: BenchConfig, log=lambda message: None, save=lambda result: None) -> dict:
+    """Runs every section. `save` gets the result so far after each one, so a run cut short
+    (a device call's time limit) still leaves what it measured. A section that raises is
+    recorded as {"error", "traceback"} and the next one runs: one CUDA out-of-memory in the 7B
+    sections should not cost the SmolLM2 figures."""
     started = time.perf_counter()
     engine_config = EngineConfig(device=cfg.device)
     device = torch.device(cfg.device)
-    result = {"bench": "engine", "machine": machine(device), "config": _config_json(cfg, engine_config)}
+    result = {"bench": "engine", "finished": False, "machine": machine(device), "config": _config_json(cfg, engine_config)}
+    sections = Sections(result, device, log, lambda: save(_rounded(result)))
     with tempfile.TemporaryDirectory(prefix="tokenpool-bench-") as tmp:
         if cfg.random_weights:
             cfg = replace(
@@ -75,14 +85,43 @@ def run(cfg: BenchConfig, log=lambda message: None) -> dict:
                 model_path=_random_copy(cfg.model_path, Path(tmp) / cfg.model, device, log),
                 other_path=_random_copy(cfg.other_path, Path(tmp) / cfg.other_model, device, log),
             )
-        size = bench_memory.model_size(cfg.model, cfg.model_path, engine_config.torch_dtype)
-        result["decode"] = decode(cfg, engine_config, cfg.model, cfg.model_path, size, log)
-        result |= memory_sections(cfg, engine_config, cfg.model, cfg.model_path, size, log)
+        if not cfg.synthetic_only:
+            size = bench_memory.model_size(cfg.model, cfg.model_path, engine_config.torch_dtype)
+            sections.run("decode", lambda: decode(cfg, engine_config, cfg.model, cfg.model_path, size, log))
+            memory_sections(sections, cfg, engine_config, cfg.model, cfg.model_path, size, log)
         if cfg.synthetic_layers is not None:
-            result["synthetic_7b"] = synthetic_7b(cfg, engine_config, Path(tmp), log)
+            sections.run("synthetic_7b", lambda: synthetic_7b(cfg, engine_config, Path(tmp), sections, log))
     result["machine"]["loadavg_end"] = list(os.getloadavg())
     result["elapsed_s"] = time.perf_counter() - started
+    result["finished"] = True
+    result["failed_sections"] = sections.failed
+    save(_rounded(result))
     return _rounded(result)
+
+
+class Sections:
+    """Runs the benchmark's sections into one result dict, saving it after each."""
+
+    def __init__(self, into: dict, device: torch.device, log, save, prefix: str = "", failed: list | None = None):
+        self.into, self.device, self.log, self.save, self.prefix = into, device, log, save, prefix
+        self.failed: list[str] = [] if failed is None else failed
+
+    def nested(self, key: str, into: dict) -> Sections:
+        """Sections inside this one's `key`, failing into the same list and saving the whole."""
+        self.into[key] = into
+        return Sections(into, self.device, self.log, self.save, f"{self.prefix}{key}.", self.failed)
+
+    def run(self, key: str, measure) -> None:
+        _release(self.device)
+        try:
+            self.into[key] = measure()
+        except Exception as e:  # noqa: BLE001 - recorded in the JSON, and the next section still runs
+            self.into[key] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+            self.failed.append(self.prefix + key)
+            self.log(f"{self.prefix}{key} failed: {type(e).__name__}: {e}")
+        finally:
+            _release(self.device)
+        self.save()
 
 
 def _random_copy(source: Path, dest: Path, device: torch.device, log) -> Path:
@@ -145,21 +184,33 @@ def decode(
 
 
 def memory_sections(
-    cfg: BenchConfig, engine_config: EngineConfig, name: str, path: Path, size: bench_memory.ModelSize, log
-) -> dict:
+    sections: Sections,
+    cfg: BenchConfig,
+    engine_config: EngineConfig,
+    name: str,
+    path: Path,
+    size: bench_memory.ModelSize,
+    log,
+) -> None:
+    """copy_limit, then switch and kv_swap, whose ratios are to it."""
     device = torch.device(cfg.device)
-    _release(device)
-    limit = bench_memory.copy_limit(device, size.weight_bytes, 3 * cfg.memory_repeats)
-    log(f"copy limit: {limit['gb_s']:.2f} GB/s over {size.weight_bytes / 1e6:.0f} MB")
-    _release(device)
-    switch = bench_memory.switch(
-        engine_config, name, path, cfg.other_model, cfg.other_path, limit["gb_s"], cfg.memory_repeats, log
+    sections.run("copy_limit", lambda: bench_memory.copy_limit(device, size.weight_bytes, 3 * cfg.memory_repeats))
+    limit = sections.into["copy_limit"].get("gb_s")
+    if limit is None:
+        return
+    log(f"copy limit: {limit:.2f} GB/s over {size.weight_bytes / 1e6:.0f} MB")
+    sections.run(
+        "switch",
+        lambda: bench_memory.switch(
+            engine_config, name, path, cfg.other_model, cfg.other_path, limit, cfg.memory_repeats, log
+        ),
     )
-    _release(device)
-    kv_swap = bench_memory.kv_swap(
-        engine_config, name, path, limit["gb_s"], cfg.swap_seqs, cfg.swap_prompt_tokens, cfg.memory_repeats, log
+    sections.run(
+        "kv_swap",
+        lambda: bench_memory.kv_swap(
+            engine_config, name, path, limit, cfg.swap_seqs, cfg.swap_prompt_tokens, cfg.memory_repeats, log
+        ),
     )
-    return {"copy_limit": limit, "switch": switch, "kv_swap": kv_swap}
 
 
 def _release(device: torch.device) -> None:
@@ -169,34 +220,34 @@ def _release(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def synthetic_7b(cfg: BenchConfig, engine_config: EngineConfig, tmp: Path, log) -> dict:
+def synthetic_7b(cfg: BenchConfig, engine_config: EngineConfig, tmp: Path, outer: Sections, log) -> dict:
     """Decode, switch and KV swap of a random-weight Llama of 7B shape (fewer layers with
-    --synthetic-layers) that uses --model's tokenizer."""
+    --synthetic-layers) that uses --model's tokenizer. Its sections fail and save one by one,
+    like the top level's."""
     name = "synthetic-7b"
     started = time.perf_counter()
     config = synthetic_7b_config(cfg.synthetic_layers, load_model_config(cfg.model, cfg.model_path))
     path = write_random_checkpoint(cfg.model_path, tmp / name, config=config, device=torch.device(cfg.device))
     log(f"wrote {name} ({cfg.synthetic_layers} layers) in {time.perf_counter() - started:.1f} s")
     size = bench_memory.model_size(name, path, engine_config.torch_dtype)
-    _release(torch.device(cfg.device))
-    decoded = decode(cfg, engine_config, name, path, size, log)
-    sections = memory_sections(cfg, engine_config, name, path, size, log)
-    cfg_ = size.cfg
-    return {
+    c = size.cfg
+    section = {
         "model": {
             "name": name,
-            "layers": cfg_.num_layers,
-            "hidden_size": cfg_.hidden_size,
-            "intermediate_size": cfg_.intermediate_size,
-            "heads": cfg_.num_heads,
-            "kv_heads": cfg_.num_kv_heads,
-            "vocab_size": cfg_.vocab_size,
+            "layers": c.num_layers,
+            "hidden_size": c.hidden_size,
+            "intermediate_size": c.intermediate_size,
+            "heads": c.num_heads,
+            "kv_heads": c.num_kv_heads,
+            "vocab_size": c.vocab_size,
             "checkpoint_dtype": "bfloat16",
             "weight_bytes": size.weight_bytes,
-        },
-        "decode": decoded,
-        **sections,
+        }
     }
+    inner = outer.nested("synthetic_7b", section)
+    inner.run("decode", lambda: decode(cfg, engine_config, name, path, size, log))
+    memory_sections(inner, cfg, engine_config, name, path, size, log)
+    return section
 
 
 SYNTHETIC_7B = dict(hidden_size=4096, intermediate_size=14336, heads=32, kv_heads=8)
@@ -293,6 +344,7 @@ def _config_json(cfg: BenchConfig, engine_config: EngineConfig) -> dict:
         "synthetic_layers": cfg.synthetic_layers,
         "random_weights": cfg.random_weights,
         "packed_matmul": cfg.packed_matmul,
+        "synthetic_only": cfg.synthetic_only,
     }
 
 
@@ -308,25 +360,45 @@ def _rounded(value):
 
 def format_report(result: dict) -> str:
     """A few lines a person can read; the JSON has everything."""
-    m = result["machine"]
+    m, c = result["machine"], result["config"]
     lines = [
         f"tokenpool engine bench - {m['date']} - {m['device_name']} ({m['cores']} cores, "
         f"torch {m['torch']}, {m['torch_threads']} threads)",
-        f"model {result['config']['model']} ({result['config']['dtype']}"
-        f"{', random weights' if result['config'].get('random_weights') else ''}"
-        f"{', packed matmul' if result['decode'].get('packed_matmul') else ''}), "
-        f"{result['decode']['new_tokens']} new tokens, medians of {result['decode']['repeats']}",
-        "",
-        *_decode_lines(result["decode"], ""),
-        "",
-        *_memory_lines(result, ""),
+        f"model {c['model']} ({c['dtype']}{', random weights' if c.get('random_weights') else ''}"
+        f"{', packed matmul' if result.get('decode', {}).get('packed_matmul') else ''}), "
+        f"{c['new_tokens']} new tokens, medians of {c['repeats']}",
     ]
+    if not c.get("synthetic_only"):
+        lines += ["", *_sections_lines(result, "")]
     if "synthetic_7b" in result:
         s = result["synthetic_7b"]
-        lines += ["", f"synthetic 7B-class ({s['model']['layers']} layers, {s['model']['weight_bytes'] / 1e9:.2f} GB):"]
-        lines += _decode_lines(s["decode"], "  ") + _memory_lines(s, "  ")
+        if "model" in s:
+            lines += ["", f"synthetic 7B-class ({s['model']['layers']} layers, {s['model']['weight_bytes'] / 1e9:.2f} GB):"]
+            lines += _sections_lines(s, "  ")
+        else:
+            lines += ["", f"synthetic 7B-class: FAILED {s['error']}"]
+    if result.get("failed_sections"):
+        lines.append(f"\nfailed: {', '.join(result['failed_sections'])} (tracebacks in the JSON)")
     lines.append(f"\n({result['elapsed_s']:.0f} s)")
     return "\n".join(lines)
+
+
+def _sections_lines(section: dict, indent: str) -> list[str]:
+    """Each section that ran, in order; a failed one as its error."""
+    lines = []
+    for key, describe in (
+        ("decode", _decode_lines),
+        ("copy_limit", _copy_limit_lines),
+        ("switch", _switch_lines),
+        ("kv_swap", _kv_swap_lines),
+    ):
+        if key not in section:
+            continue
+        if "error" in section[key]:
+            lines.append(f"{indent}{key}: FAILED {section[key]['error']}")
+        else:
+            lines += describe(section[key], indent)
+    return lines
 
 
 def _decode_lines(decode: dict, indent: str) -> list[str]:
@@ -348,16 +420,23 @@ def _met(section: dict) -> str:
     return f"target <= {section['target']}: {'met' if section['target_met'] else 'NOT met'}"
 
 
-def _memory_lines(section: dict, indent: str) -> list[str]:
-    c, s, k = section["copy_limit"], section["switch"], section["kv_swap"]
+def _copy_limit_lines(c: dict, indent: str) -> list[str]:
+    return [f"{indent}copy limit       {c['gb_s']:.2f} GB/s ({c['method']})"]
+
+
+def _switch_lines(s: dict, indent: str) -> list[str]:
     no, pre = s["no_prefetch"], s["prefetch"]
     return [
-        f"{indent}copy limit       {c['gb_s']:.2f} GB/s ({c['method']})",
         f"{indent}switch, no prefetch {no['s'] * 1000:.1f} ms = {no['ratio_to_limit']:.2f} x limit "
         f"({s['limit_s'] * 1000:.1f} ms); {_met(no)}",
         f"{indent}switch, prefetched  stall {pre['visible_stall_s'] * 1000:.2f} ms "
         f"= {pre['visible_stall_ratio']:.3f} x limit; {_met(pre)}",
+    ]
+
+
+def _kv_swap_lines(k: dict, indent: str) -> list[str]:
+    return [
         f"{indent}kv swap ({k['pages']} pages) out {k['swap_out_gb_s']:.2f} GB/s "
         f"({k['swap_out_ratio_to_copy_limit']:.2f} x limit), in {k['swap_in_gb_s']:.2f} GB/s "
-        f"({k['swap_in_ratio_to_copy_limit']:.2f} x limit)",
+        f"({k['swap_in_ratio_to_copy_limit']:.2f} x limit)"
     ]
