@@ -124,6 +124,23 @@ async def connect(urls: str | list[str], name: str, auth: env.NatsAuth | None = 
     raise NatsConnectError(refused.result())
 
 
+async def close(nc: Client | None, name: str, timeout_s: float = 5.0) -> None:
+    """Drains `nc` (what was published is sent, what was received is handled), but for at most
+    `timeout_s`: nats-py's own drain may wait 30 s for a subscription callback that does not
+    return, and a stopping service should not. After the bound the connection is just closed."""
+    if nc is None or nc.is_closed:
+        return
+    try:
+        await asyncio.wait_for(nc.drain(), timeout_s)
+        return
+    except TimeoutError:
+        log.warning("%s: draining the NATS connection took over %.0f s; closing it", name, timeout_s)
+    except Exception as e:  # noqa: BLE001 - e.g. disconnected at the time: closing is all that is left
+        log.warning("%s: draining the NATS connection failed (%r); closing it", name, e)
+    if not nc.is_closed:
+        await nc.close()
+
+
 async def ensure_request_stream(nc: Client) -> None:
     """The work-queue stream holding accepted requests until the router acks them."""
     js = nc.jetstream()

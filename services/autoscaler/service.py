@@ -76,8 +76,7 @@ class AutoscalerService:
         if self.connector is not None:
             await self.connector.close()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._nc is not None and not self._nc.is_closed:
-            await self._nc.drain()
+        await bus.close(self._nc, "autoscaler")
 
     def _on(self, message_type: type, observe: Callable):
         async def handle(msg) -> None:

@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 
 from services.router.slo.attainment import percentile
-from shared import protocol, subjects
+from shared import bus, protocol, subjects
 from shared.protocol import RunTurn, TurnReport
 
 LONGEST = 5
@@ -44,9 +44,7 @@ class TurnWatch:
         return self
 
     async def __aexit__(self, *exc) -> None:
-        if self._nc is not None:
-            await self._nc.flush()
-            await self._nc.drain()
+        await bus.close(self._nc, "bench turn watcher")
 
     async def _on_report(self, msg) -> None:
         try:

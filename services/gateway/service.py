@@ -106,10 +106,5 @@ class Gateway:
         if self._runner is not None:
             await self._runner.cleanup()  # stops listening, lets open requests finish (drain_timeout_s)
             self._runner = None
-        if self._nc is not None and not self._nc.is_closed:
-            try:
-                await self._nc.drain()
-            except Exception as e:
-                log.warning("NATS drain failed: %r", e)
-                await self._nc.close()
+        await bus.close(self._nc, "gateway")
         log.info("gateway stopped in %.1f s", time.monotonic() - started)

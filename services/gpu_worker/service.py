@@ -125,8 +125,7 @@ class GpuWorker:
             task.cancel()
         await _within(asyncio.gather(*self._tasks[1:], return_exceptions=True), 5.0, "stopping the worker's tasks")
         await _within(self._publish_state(), 2.0, "the last state report")
-        if not await _within(self.nc.drain(), 5.0, "draining the NATS connection"):
-            await self.nc.close()
+        await bus.close(self.nc, f"worker {self.config.worker_id}")
 
     async def _drain(self) -> None:
         """Stops taking work; lets running requests finish for drain_timeout_s. What is left is

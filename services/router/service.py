@@ -98,8 +98,7 @@ class RouterService:
             for request_id in self._intake.held:
                 if self.policy.holder(request_id) is None:
                     await self._guard(self._intake.nak(request_id), "hand back queued request")
-        if self._nc is not None and not self._nc.is_closed:
-            await self._nc.drain()
+        await bus.close(self._nc, f"router {self.config.router_id}")
         if self._http is not None:
             await self._http.stop()
         log.info("router %s stopped", self.config.router_id)

@@ -136,3 +136,47 @@ def test_every_service_names_a_bad_nats_variable_and_exits_2(service, tmp_path):
                           env=environ, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 2, done.stderr[-2000:]
     assert "error: TOKENPOOL_NATS_REPLICAS='9': use a number of replicas from 1 to 5" in done.stderr
+
+
+def test_close_sends_what_was_published_before_closing(single_nats):
+    async def go():
+        listener = await bus.connect(single_nats.url, "listener", auth_of("admin"))
+        sub = await listener.subscribe("tp.test.close")
+        await listener.flush()
+        nc = await bus.connect(single_nats.url, "test", auth_of("admin"))
+        for i in range(100):
+            await nc.publish("tp.test.close", str(i).encode())
+        await bus.close(nc, "test")
+        got = [(await sub.next_msg(timeout=5)).data for _ in range(100)]
+        await listener.close()
+        return nc.is_closed, got
+
+    closed, got = run_async(asyncio.wait_for(go(), 30))
+
+    assert closed and got == [str(i).encode() for i in range(100)]
+
+
+def test_close_gives_up_draining_a_callback_that_never_returns(single_nats):
+    """nats-py's drain waits up to 30 s for every subscription callback; a stopping service
+    closes after its bound instead."""
+
+    async def go():
+        nc = await bus.connect(single_nats.url, "test", auth_of("admin"))
+        entered, never = asyncio.Event(), asyncio.Event()
+
+        async def stuck(msg):
+            entered.set()
+            await never.wait()
+
+        await nc.subscribe("tp.test.stuck", cb=stuck)
+        await nc.publish("tp.test.stuck", b"x")
+        await nc.publish("tp.test.stuck", b"y")  # queued behind the stuck callback
+        await asyncio.wait_for(entered.wait(), 5)
+        started = asyncio.get_running_loop().time()
+        await bus.close(nc, "test", timeout_s=1.0)
+        return nc.is_closed, asyncio.get_running_loop().time() - started
+
+    closed, took = run_async(asyncio.wait_for(go(), 30))
+
+    assert closed
+    assert took < 10, f"close took {took:.1f} s"
