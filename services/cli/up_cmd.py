@@ -27,7 +27,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--worker-threads", type=int, default=None,
         help="CPU threads for each worker's engine math (default: the cores but one, which the other "
-             "services keep, shared among the --workers)",
+             "services keep, shared among the --workers, or under --autoscale among its max_workers)",
     )
     p.add_argument(
         "--scheduling", choices=("token", "request"), default="token",
@@ -65,8 +65,18 @@ def worker_threads(requested: int | None, workers: int, cores: int | None) -> in
     return cpu_engine_threads(cores, workers)
 
 
+def most_workers(args: argparse.Namespace) -> int:
+    """The workers that may run at once: --workers, or under --autoscale the planner's
+    max_workers (the autoscaler adds workers with the flags the first ones got)."""
+    if not args.autoscale:
+        return args.workers
+    from services.autoscaler.scaling_args import scaling_config
+
+    return max(args.workers, scaling_config(args.scaling).max_workers)
+
+
 def worker_args(args: argparse.Namespace) -> tuple[str, ...]:
-    threads = worker_threads(args.worker_threads, args.workers, os.cpu_count())
+    threads = worker_threads(args.worker_threads, most_workers(args), os.cpu_count())
     return (("--device", args.device) if args.device else ()) + ("--threads", str(threads))
 
 

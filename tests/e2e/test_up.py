@@ -67,6 +67,25 @@ def test_worker_threads_leave_a_core_to_the_other_services_and_are_shared_among_
     assert worker_threads(3, workers=1, cores=2) == 3
 
 
+def test_autoscaled_workers_share_the_cores_among_the_most_that_may_run(monkeypatch):
+    """The autoscaler starts later workers with the first ones' flags, so their thread count
+    must already fit max_workers of them."""
+    from services.cli.main import build_parser
+    from services.cli.up_cmd import worker_args
+
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+
+    def threads(*argv):
+        args = worker_args(build_parser().parse_args(["up", *argv]))
+        return int(args[args.index("--threads") + 1])
+
+    assert threads("--workers", "2") == 7
+    assert threads("--workers", "1", "--autoscale", "--scaling", "max_workers=3") == 5
+    assert threads("--workers", "4", "--autoscale", "--scaling", "max_workers=2") == 3, "never fewer than --workers"
+    assert threads("--autoscale") == 1, "max_workers defaults to 64"
+    assert threads("--autoscale", "--worker-threads", "4") == 4
+
+
 def test_up_refuses_zero_worker_threads_before_starting_anything(tmp_path):
     run = subprocess.run(
         [sys.executable, "-m", "services.cli", "up", "--worker-threads", "0", "--run-dir", str(tmp_path / "run")],
