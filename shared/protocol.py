@@ -68,6 +68,9 @@ class ModelResidency:
     """Tokens one KV page holds for this model (pages are shared bytes, so this differs per model)."""
     weight_bytes: int = 0
     """Bytes of the model's weights: what a switch copies to the device."""
+    host_bytes: int = 0
+    """Host memory the model takes when loaded there: weight_bytes, plus a CPU engine's packed
+    copies of its projections; 0 when not known (the worker has not loaded it yet)."""
 
 
 @dataclass(frozen=True)
@@ -176,7 +179,7 @@ class PrefetchModel:
 
 @message
 class WorkerState:
-    VERSION: ClassVar[int] = 3
+    VERSION: ClassVar[int] = 4
     worker_id: str
     ready: bool
     serving: tuple[str, ...]

@@ -44,11 +44,17 @@ class Observations:
         self._workers: dict[str, tuple[WorkerState, float]] = {}
         self._routers: dict[str, tuple[RouterState, float]] = {}
         self._step_s: dict[str, float] = {}
+        self._host_bytes: dict[str, int] = {}
+        """The most host memory a worker reported a model taking; can exceed the checkpoint's
+        size (a CPU engine computes in float32 and keeps packed copies)."""
 
     def worker(self, state: WorkerState, now: float) -> None:
         seen = self._workers.get(state.worker_id)
         if seen is None or state.seq > seen[0].seq or state.ts > seen[0].ts:
             self._workers[state.worker_id] = (state, now)
+        for r in state.models:
+            if r.host_bytes > self._host_bytes.get(r.name, 0):
+                self._host_bytes[r.name] = r.host_bytes
 
     def router(self, state: RouterState, now: float) -> None:
         for load in state.models:
@@ -76,7 +82,7 @@ class Observations:
                     in_flight[load.name] += load.queued + load.running
         models = tuple(
             ModelInput(
-                name, facts.bytes, *counts.get(name, (0, 0)), in_flight=in_flight[name],
+                name, max(facts.bytes, self._host_bytes.get(name, 0)), *counts.get(name, (0, 0)), in_flight=in_flight[name],
                 decode_step_s=self._step_s.get(name, facts.decode_step_s), tbt_s=facts.tbt_s,
             )
             for name, facts in sorted(self.models.items())

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 class ModelInput:
     name: str
     bytes: int
-    """Weight bytes: what a worker's host and GPU memory must hold."""
+    """Weight bytes: what a worker's host and GPU memory must hold (the checkpoint's size, or
+    more where a worker reported the model taking more host memory)."""
     arrivals: int = 0
     """Requests that arrived during the tick's window."""
     tokens: int = 0

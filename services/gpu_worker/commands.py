@@ -64,6 +64,8 @@ class ModelShape:
     block_tokens: int
     """Tokens one KV page holds for this model."""
     weight_bytes: int
+    host_bytes: int = 0
+    """Host memory the model takes when loaded (weights, plus packed copies on a CPU engine)."""
 
 
 @dataclass(frozen=True)

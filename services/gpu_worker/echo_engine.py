@@ -49,6 +49,7 @@ class EchoSlot:
     block_tokens: int = ECHO_BLOCK_TOKENS
     weight_bytes: int = 0
     """No weights: a switch copies nothing."""
+    host_bytes: int = 0
 
 
 class EchoEngine:

@@ -153,7 +153,7 @@ class EngineThread:
         if self._models:
             self._engine.activate(self._models[0])
         shapes = {name: self._engine.slot(name) for name in self._models}
-        self._shapes = tuple((n, ModelShape(s.block_tokens, s.weight_bytes)) for n, s in shapes.items())
+        self._shapes = tuple((n, ModelShape(s.block_tokens, s.weight_bytes, s.host_bytes)) for n, s in shapes.items())
         self._ready = True
         self._idle_since = self._clock()
         self._pending.changed = True

@@ -43,4 +43,4 @@ def worker_state(
 def _residency(name: str, tier: str, shape: ModelShape | None) -> ModelResidency:
     if shape is None:
         return ModelResidency(name, tier)
-    return ModelResidency(name, tier, shape.block_tokens, shape.weight_bytes)
+    return ModelResidency(name, tier, shape.block_tokens, shape.weight_bytes, shape.host_bytes)

@@ -205,7 +205,7 @@ class SimWorker:
             worker_id=self.worker_id,
             ready=True,
             serving=tuple(self.serving),
-            models=tuple(ModelResidency(m, d.tier(m), d.block_tokens[m], d.weight_sizes[m]) for m in self.serving),
+            models=tuple(ModelResidency(m, d.tier(m), d.block_tokens[m], d.weight_sizes[m], d.weight_sizes[m]) for m in self.serving),
             active_model=d.active,
             running=(running := tuple(sorted(self.seqs))),
             free_kv_pages=d.free_pages,

@@ -44,6 +44,18 @@ def test_windowed_arrivals_and_tokens_come_from_the_routers_cumulative_counters(
     assert s.tick(95.0).models[0].arrivals == 0
 
 
+def test_a_model_takes_the_most_host_memory_a_worker_reported_for_it():
+    """A CPU worker holds weights in float32 plus packed copies: more than the checkpoint."""
+    s = seen()
+    models = (ModelResidency("a", "host", 16, 1000, 2600), ModelResidency("b", "host", 16, 2000, 0))
+    s.worker(WorkerState("w1", True, ("a", "b"), models, None, (), 8, 8, "cpu", 1, 1.0), now=1.0)
+    smaller = (ModelResidency("a", "host", 16, 1000, 1500),)
+    s.worker(WorkerState("w2", True, ("a",), smaller, None, (), 8, 8, "cpu", 1, 1.0), now=1.0)
+    a, b = s.tick(1.0).models
+    assert a.bytes == 2600, "the largest report, not the checkpoint's 1000"
+    assert b.bytes == 2000, "no report (0): the checkpoint's size"
+
+
 def test_a_restarted_router_counts_from_zero_again():
     s = seen()
     s.router(router(50, 500), now=0.0)

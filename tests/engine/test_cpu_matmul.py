@@ -58,6 +58,7 @@ def test_packed_weights_live_as_long_as_the_host_copy(model_store):
         assert engine.slot(a).packed is packed, "switching back in must not pack again"
         engine.unload(a)
         assert engine.slot(a).packed is None and engine.slot(a).host is None
+        assert engine.slot(a).host_bytes == 0
         engine.activate(a)
         assert engine.slot(a).packed is not None and engine.slot(a).packed is not packed
     finally:
@@ -69,5 +70,19 @@ def test_without_packing_no_packed_copy_is_made(model_store):
     try:
         engine.activate(SMOLLM)
         assert engine.slot(SMOLLM).packed is None
+        assert engine.slot(SMOLLM).host_bytes == engine.slot(SMOLLM).weight_bytes
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize("model", [SMOLLM, *DEMOS])
+def test_the_packed_copies_count_in_the_host_memory_a_model_takes(model_store, model):
+    """What the worker reports and the autoscaler places by: the projections again, nearly
+    every weight (the norms, and the embedding of an untied model, are not packed)."""
+    engine = Engine(small_config(), {model: model_store.path(model)})
+    try:
+        engine.load(model)
+        slot = engine.slot(model)
+        assert 1.4 * slot.weight_bytes < slot.host_bytes < 2 * slot.weight_bytes
     finally:
         engine.close()

@@ -45,3 +45,12 @@ class ModelSlot:
     @property
     def weight_bytes(self) -> int:
         return self.layout.numel * self.kv.dtype.itemsize
+
+    @property
+    def host_bytes(self) -> int:
+        """Host memory the model takes while in host memory: its weights, and on a packing CPU
+        engine the packed copies (as many elements again as the projections). 0 on disk."""
+        if self.host is None:
+            return 0
+        packed = sum(t.numel() * t.element_size() for t in (self.packed or {}).values())
+        return self.weight_bytes + packed
