@@ -49,7 +49,8 @@ class WorkerConfig:
     kv_page_bytes: int = 1 * MIB
     """Bytes of one KV page."""
     host_swap_bytes: int | None = None
-    """Host bytes for swapped-out KV pages; None means twice the KV arena."""
+    """Host bytes for swapped-out KV pages; None means twice the KV arena, at most a quarter of
+    the host's memory (pinned on CUDA, so never given back while the worker runs)."""
     max_batch_size: int = 64
     """Most sequences decoded together in one step."""
     max_batch_tokens: int = 2048
@@ -154,7 +155,9 @@ def served_models(config: WorkerConfig, catalog: Catalog) -> list[str]:
     return list(dict.fromkeys(config.models))
 
 
-def plan_engine(config: WorkerConfig, catalog: Catalog, free_device_bytes: int | None = None) -> EnginePlan:
+def plan_engine(
+    config: WorkerConfig, catalog: Catalog, free_device_bytes: int | None = None, host_bytes: int | None = None
+) -> EnginePlan:
     """Resolves the automatic sizes; reads each served model's config.json (not its weights)."""
     names = served_models(config, catalog)
     entries = [catalog.get(n) for n in names]
@@ -177,7 +180,7 @@ def plan_engine(config: WorkerConfig, catalog: Catalog, free_device_bytes: int |
         weight_arena_bytes=weight_arena,
         kv_arena_bytes=kv_arena,
         kv_page_bytes=config.kv_page_bytes,
-        host_swap_bytes=config.host_swap_bytes or 2 * kv_arena,
+        host_swap_bytes=config.host_swap_bytes or _default_host_swap(kv_arena, host_bytes or _host_memory()),
         max_batch_tokens=config.max_batch_tokens,
         max_batch_size=config.max_batch_size,
     )
@@ -194,6 +197,22 @@ def _resolve_dtype(config: WorkerConfig, entries) -> torch.dtype | None:
             "computes in one dtype; pass --dtype or serve them from separate workers"
         )
     return _DTYPES.get(wanted.pop())
+
+
+def _default_host_swap(kv_arena: int, host_bytes: int | None) -> int:
+    # Twice the device's KV: paused batches of other models fit beside the running ones. On an
+    # 80 GB GPU that is ~64 GB pinned, so a quarter of the host's memory caps it.
+    wanted = 2 * kv_arena
+    if host_bytes is None:
+        return wanted
+    return max(min(wanted, host_bytes // 4 // MIB * MIB), MIB)
+
+
+def _host_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def _default_kv_arena(device: str, weight_arena: int, free_device_bytes: int | None) -> int:

@@ -84,3 +84,32 @@ def test_pages_balance_and_no_sequence_is_lost(ops, num_pages):
         assert sorted(s.request_id for s in queued) == sorted(live)
         for s in live.values():
             assert s.num_cached <= len(s.pages) * block
+
+
+@pytest.mark.parametrize("garbage", [float("nan"), float("inf")])
+def test_what_a_page_held_before_never_reaches_a_new_request(model_store, prompt_ids, garbage):
+    """The arena is uninitialised memory: on CUDA it holds whatever the process freed before,
+    here it is made to hold NaN or inf. Attention reads whole pages, the unwritten tail of a
+    sequence's last page and the padding of a shorter sequence's block table included; those
+    reads must see zeros, or a ragged batch's shorter sequences decode garbage."""
+    from services.gpu_worker.engine.engine import Engine
+    from services.gpu_worker.engine.generate import run_to_completion
+    from services.gpu_worker.engine.sequence import SamplingParams
+
+    from .conftest import small_config
+
+    model = "demo-llama"
+    greedy = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+    requests = [EngineRequest(f"r{i}", model, ids, greedy) for i, ids in enumerate(prompt_ids[:4])]
+    assert len({len(ids) for ids in prompt_ids[:4]}) > 1, "a ragged batch"
+    outputs = []
+    for poison in (False, True):
+        engine = Engine(small_config(), {model: model_store.path(model)})
+        try:
+            if poison:
+                engine.arena.kv[: engine.arena.num_pages].fill_(garbage)
+            outputs.append({rid: out.token_ids for rid, out in run_to_completion(engine, requests).items()})
+        finally:
+            engine.close()
+    clean, poisoned = outputs
+    assert poisoned == clean

@@ -64,6 +64,19 @@ def test_cuda_kv_arena_defaults_to_half_of_what_the_weights_leave(catalog):
     assert plan.engine.kv_arena_bytes == ((80 << 30) - plan.engine.weight_arena_bytes) // 2 >> 20 << 20
 
 
+def test_host_swap_is_twice_the_kv_arena_but_at_most_a_quarter_of_host_memory(catalog):
+    """On an 80 GB GPU the KV arena is ~35 GB: twice that, pinned, would take most of a host."""
+    roomy = plan_engine(WorkerConfig(models=MODELS, device="cuda"), catalog, free_device_bytes=80 << 30,
+                        host_bytes=1 << 40)
+    assert roomy.engine.host_swap_bytes == 2 * roomy.engine.kv_arena_bytes
+    tight = plan_engine(WorkerConfig(models=MODELS, device="cuda"), catalog, free_device_bytes=80 << 30,
+                        host_bytes=128 << 30)
+    assert tight.engine.host_swap_bytes == 32 << 30
+    asked = plan_engine(WorkerConfig(models=MODELS, device="cuda", host_swap_bytes=100 << 30), catalog,
+                        free_device_bytes=80 << 30, host_bytes=128 << 30)
+    assert asked.engine.host_swap_bytes == 100 << 30, "an explicit size is taken as given"
+
+
 def test_weight_arena_too_small_for_a_model_is_refused(catalog):
     with pytest.raises(ValueError, match="cannot hold model 'demo-qwen2'.*--weight-arena-bytes"):
         plan_engine(WorkerConfig(models=MODELS, weight_arena_bytes=1 << 20), catalog)

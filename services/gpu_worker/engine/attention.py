@@ -34,7 +34,9 @@ def build_attention_batch(
     block_tokens: int,
     sliding_window: int | None,
     device: torch.device,
+    pad_page: int,
 ) -> AttentionBatch:
+    """`pad_page` fills the block tables of shorter sequences: a page of zeros (memory.DeviceArena)."""
     slot_pages, slot_offsets, query_index = [], [], []
     max_query = max(query_lens)
     for i, (n, start, seq_pages) in enumerate(zip(query_lens, cached_lens, pages)):
@@ -44,7 +46,7 @@ def build_attention_batch(
         query_index.extend(range(i * max_query, i * max_query + n))
     context_lens = [s + n for s, n in zip(cached_lens, query_lens)]
     max_pages = max(len(p) for p in pages)
-    tables = [p + [0] * (max_pages - len(p)) for p in pages]
+    tables = [p + [pad_page] * (max_pages - len(p)) for p in pages]
     context_len = max(context_lens)
     causal_self_only = len(query_lens) == 1 and cached_lens[0] == 0
     window_applies = sliding_window is not None and context_len > sliding_window

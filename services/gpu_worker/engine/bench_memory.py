@@ -253,6 +253,7 @@ def kv_swap(
     )
     try:
         engine.activate(model)
+        sync(device)  # the weight copy is not part of the prefill timed below
         rng = random.Random(1)
         params = SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True)
         ids = [f"kv-{i}" for i in range(seqs)]

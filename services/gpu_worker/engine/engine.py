@@ -132,7 +132,7 @@ class Engine:
                 f"model {name!r} needs {per_token} KV bytes per token; raise kv_page_bytes above that"
             )
         kv = self.arena.kv[:, : block_tokens * per_token // self.dtype.itemsize].view(
-            self.arena.num_pages, cfg.num_layers, 2, block_tokens, cfg.num_kv_heads, cfg.head_dim
+            self.arena.num_pages + 1, cfg.num_layers, 2, block_tokens, cfg.num_kv_heads, cfg.head_dim
         )
         self._slots[name] = ModelSlot(cfg, path, weight_layout(cfg), block_tokens, kv)
         return self._slots[name]
@@ -283,13 +283,14 @@ class Engine:
             batch = self.scheduler.schedule(self.active, slot.block_tokens, only)
         if batch is None:
             return []
-        logits = run_batch(slot, batch, self.device)
+        logits = run_batch(slot, batch, self.device, self.arena.zero_page)
         samplers = [s for s, sampled in zip(batch.seqs, batch.sampling) if sampled]
         self.scheduler.commit(batch)
         self.last_step = StepInfo(
             batch.is_prefill, len(batch.seqs), sum(batch.num_tokens), sum(s.num_cached for s in batch.seqs)
         )
-        if not samplers:
+        if not samplers:  # a prefill chunk: nothing reads the logits, so wait here, or the
+            self.synchronize()  # caller's step time would be the launch time alone (CUDA)
             return []
         token_ids, logprobs = sample(logits, samplers)
         return self._append(slot, samplers, token_ids, logprobs)

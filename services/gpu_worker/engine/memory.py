@@ -8,6 +8,8 @@ the current model's compute on both.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
@@ -47,11 +49,13 @@ class RangeAllocator:
 
 
 class PagePool:
-    """Fixed-size pages handed out by index; the free list is a stack (recently freed first)."""
+    """Fixed-size pages handed out by index; the free list is a stack (recently freed first).
+    `clear` zeroes pages, for allocate(..., clear=True)."""
 
-    def __init__(self, num_pages: int):
+    def __init__(self, num_pages: int, clear: Callable[[list[int]], None] | None = None):
         self.num_pages = num_pages
         self._free = list(range(num_pages - 1, -1, -1))
+        self._clear = clear
 
     @property
     def num_free(self) -> int:
@@ -60,31 +64,47 @@ class PagePool:
     def can_allocate(self, n: int) -> bool:
         return n <= len(self._free)
 
-    def allocate(self, n: int) -> list[int]:
+    def allocate(self, n: int, clear: bool = False) -> list[int]:
+        """With `clear`, the pages come zeroed (for pages a sequence fills slot by slot)."""
         if n > len(self._free):
             raise OutOfMemoryError(f"asked for {n} KV pages, {len(self._free)} free")
         pages = self._free[-n:] if n else []
         del self._free[len(self._free) - n :]
-        return pages[::-1]
+        pages.reverse()
+        if clear and pages and self._clear is not None:
+            self._clear(pages)
+        return pages
 
     def free(self, pages: list[int]) -> None:
         self._free.extend(reversed(pages))
 
 
 class DeviceArena:
-    """The one device allocation: weights region, then KV pages."""
+    """The one device allocation: weights region, then KV pages, then one zero page.
+
+    Attention gathers whole pages, so it reads slots no token was written to: the tail of a
+    sequence's last page, and the padding of a block table. Masked scores still carry a NaN or
+    inf found there into the output (0 * NaN), and the arena is uninitialised memory (on CUDA,
+    whatever the process freed before). So such slots must hold zeros: a sequence's pages are
+    zeroed when it takes them (`allocate(..., clear=True)`) and block tables are padded with
+    `zero_page`, which is never handed out."""
 
     def __init__(self, device: torch.device, dtype: torch.dtype, weight_bytes: int, kv_bytes: int, page_bytes: int):
         item = dtype.itemsize
         self.page_elems = page_bytes // item
         self.num_pages = kv_bytes // page_bytes
+        self.zero_page = self.num_pages
         weight_elems = weight_bytes // item
-        total = weight_elems + self.num_pages * self.page_elems
+        total = weight_elems + (self.num_pages + 1) * self.page_elems
         self.buffer = torch.empty(total, dtype=dtype, device=device)
         self.weights = self.buffer[:weight_elems]
-        self.kv = self.buffer[weight_elems:].view(self.num_pages, self.page_elems)
+        self.kv = self.buffer[weight_elems:].view(self.num_pages + 1, self.page_elems)
+        self.kv[self.zero_page].zero_()
         self.weight_ranges = RangeAllocator(weight_elems)
-        self.pages = PagePool(self.num_pages)
+        self.pages = PagePool(self.num_pages, clear=self._clear)
+
+    def _clear(self, pages: list[int]) -> None:
+        self.kv.index_fill_(0, torch.tensor(pages, device=self.kv.device), 0)
 
 
 class HostSwapArea:

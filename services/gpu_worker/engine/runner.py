@@ -9,8 +9,9 @@ from .residency import ModelSlot
 from .scheduler import ScheduledBatch
 
 
-def run_batch(slot: ModelSlot, batch: ScheduledBatch, device: torch.device) -> torch.Tensor:
-    """Returns float32 logits [sampling sequences, vocab], in batch order."""
+def run_batch(slot: ModelSlot, batch: ScheduledBatch, device: torch.device, pad_page: int) -> torch.Tensor:
+    """Returns float32 logits [sampling sequences, vocab], in batch order. `pad_page`: the
+    arena's zero page, padding the block tables of shorter sequences."""
     input_ids, positions, logits_rows = [], [], []
     for seq, n, samples in zip(batch.seqs, batch.num_tokens, batch.sampling):
         start = seq.num_cached
@@ -25,6 +26,7 @@ def run_batch(slot: ModelSlot, batch: ScheduledBatch, device: torch.device) -> t
         block_tokens=slot.block_tokens,
         sliding_window=slot.cfg.sliding_window,
         device=device,
+        pad_page=pad_page,
     )
     as_tensor = lambda xs: torch.tensor(xs, dtype=torch.long, device=device)  # noqa: E731
     return slot.model.forward(

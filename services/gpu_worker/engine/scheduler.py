@@ -82,7 +82,7 @@ class Scheduler:
             extra = pages_needed(seq.num_cached + n, block_tokens) - len(seq.pages)
             if not self.pages.can_allocate(extra):
                 break
-            seq.pages += self.pages.allocate(extra)
+            seq.pages += self.pages.allocate(extra, clear=True)
             if seq.state is SeqState.WAITING:
                 self.waiting.remove(seq)
                 seq.state = SeqState.RUNNING
@@ -113,7 +113,7 @@ class Scheduler:
             self.preempt(victim)
             if victim is seq:
                 return False
-        seq.pages += self.pages.allocate(1)
+        seq.pages += self.pages.allocate(1, clear=True)
         return True
 
     def preempt(self, seq: Sequence) -> None:
