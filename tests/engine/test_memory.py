@@ -113,3 +113,30 @@ def test_what_a_page_held_before_never_reaches_a_new_request(model_store, prompt
             engine.close()
     clean, poisoned = outputs
     assert poisoned == clean
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 12), st.integers(0, 12)), max_size=20, unique_by=(lambda p: p[0], lambda p: p[1])))
+def test_page_runs_copy_every_page_once_and_join_consecutive_pages(pairs):
+    from services.gpu_worker.engine.memory import page_runs
+
+    dst, src = [d for d, _ in pairs], [s for _, s in pairs]
+    runs = page_runs(dst, src)
+    assert [(d + i, s + i) for d, s, n in runs for i in range(n)] == list(zip(dst, src))
+    for (d1, s1, n1), (d2, s2, _) in zip(runs, runs[1:]):
+        assert not (d2 == d1 + n1 and s2 == s1 + n1), "two runs that could be one"
+
+
+def test_swapped_pages_come_back_bit_for_bit_in_runs_and_single_pages():
+    import torch
+
+    from services.gpu_worker.engine.memory import copy_pages
+
+    device_kv = torch.randn(10, 16)
+    host_kv = torch.zeros(10, 16)
+    device_pages, host_pages = [2, 3, 4, 7, 0], [5, 6, 7, 0, 1]
+    copy_pages(host_kv, host_pages, device_kv, device_pages)
+    back = torch.zeros(10, 16)
+    copy_pages(back, device_pages, host_kv, host_pages)
+    assert torch.equal(back[device_pages], device_kv[device_pages])
+    assert torch.equal(host_kv[host_pages], device_kv[device_pages])

@@ -42,7 +42,7 @@ from .handoff import (
 )
 from .layout import weight_layout
 from .loader import load_weights
-from .memory import Copier, DeviceArena, HostSwapArea
+from .memory import Copier, DeviceArena, HostSwapArea, copy_pages
 from .model import DecoderModel, projection_weights
 from .residency import ModelSlot, Tier
 from .runner import run_batch
@@ -365,8 +365,7 @@ class Engine:
                     f"{len(seq.pages)} needed); raise host_swap_bytes"
                 )
             seq.host_pages = self.swap.pages.allocate(len(seq.pages))
-            for device_page, host_page in zip(seq.pages, seq.host_pages):
-                self.swap.kv[host_page].copy_(self.arena.kv[device_page], non_blocking=True)
+            copy_pages(self.swap.kv, seq.host_pages, self.arena.kv, seq.pages)
             self.arena.pages.free(seq.pages)
             seq.pages = []
             self.scheduler.mark_swapped(seq)
@@ -379,8 +378,7 @@ class Engine:
             if not self.arena.pages.can_allocate(len(seq.host_pages)):
                 break
             seq.pages = self.arena.pages.allocate(len(seq.host_pages))
-            for device_page, host_page in zip(seq.pages, seq.host_pages):
-                self.arena.kv[device_page].copy_(self.swap.kv[host_page], non_blocking=True)
+            copy_pages(self.arena.kv, seq.pages, self.swap.kv, seq.host_pages)
             self.swap.pages.free(seq.host_pages)
             seq.host_pages = []
             self.scheduler.mark_swapped_in(seq)

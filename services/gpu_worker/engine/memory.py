@@ -79,6 +79,25 @@ class PagePool:
         self._free.extend(reversed(pages))
 
 
+def page_runs(dst: list[int], src: list[int]) -> list[tuple[int, int, int]]:
+    """Copying page src[i] to page dst[i] for every i, as (dst_start, src_start, count) runs in
+    which both sides are consecutive: one copy call per run, not per page (a call per 1 MiB page
+    costs a launch each on CUDA)."""
+    runs: list[tuple[int, int, int]] = []
+    for d, s in zip(dst, src):
+        if runs and d == runs[-1][0] + runs[-1][2] and s == runs[-1][1] + runs[-1][2]:
+            runs[-1] = (runs[-1][0], runs[-1][1], runs[-1][2] + 1)
+        else:
+            runs.append((d, s, 1))
+    return runs
+
+
+def copy_pages(dst: torch.Tensor, dst_pages: list[int], src: torch.Tensor, src_pages: list[int]) -> None:
+    """dst[dst_pages[i]] = src[src_pages[i]], asynchronously where the device allows."""
+    for d, s, n in page_runs(dst_pages, src_pages):
+        dst[d : d + n].copy_(src[s : s + n], non_blocking=True)
+
+
 class DeviceArena:
     """The one device allocation: weights region, then KV pages, then one zero page.
 
