@@ -110,7 +110,7 @@ class DrainOrder:
 
 @message
 class GenerateRequest:
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 2
     id: str
     model: str
     prompt_token_ids: tuple[int, ...]
@@ -118,6 +118,8 @@ class GenerateRequest:
     token_subject: str
     slo_class: str = "default"
     created_at: float = 0.0
+    tenant: str = ""
+    """Who asked (the OpenAI `user` field): the router shares a full pool fairly among tenants."""
 
 
 @message

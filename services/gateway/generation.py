@@ -42,7 +42,7 @@ async def serve_generation(request: web.Request, core: GatewayCore, spec: Genera
         logprobs=spec.logprobs,
     )
     generate = GenerateRequest(
-        head.id, model.name, prompt, sampling, core.upstream.inbox, model.entry.slo_class, time.time()
+        head.id, model.name, prompt, sampling, core.upstream.inbox, model.entry.slo_class, time.time(), spec.tenant
     )
     text = TextStream(model.tokenizer, spec.stop, prompt)
     attributes = {"request.id": head.id, "model": model.name, "endpoint": spec.endpoint, "stream": spec.stream}

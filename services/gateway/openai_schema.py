@@ -38,6 +38,8 @@ class GenerationSpec:
     include_usage: bool = False
     logprobs: bool = False
     ignore_eos: bool = False
+    tenant: str = ""
+    """OpenAI's `user`: who asked. A full pool is shared fairly among tenants (router)."""
 
 
 def parse_json_body(raw: bytes) -> dict:
@@ -99,6 +101,7 @@ def _sampling(f: Fields) -> dict:
     f.refuse_unless("logit_bias", lambda v: v == {}, "logit_bias is not implemented")
     stream = f.boolean("stream")
     return dict(
+        tenant=_tenant(f),
         temperature=f.number("temperature", 1.0, 0.0, 2.0),
         top_p=f.number("top_p", 1.0, 0.0, 1.0, lo_open=True),
         top_k=f.integer("top_k", 0, 0),
@@ -108,6 +111,16 @@ def _sampling(f: Fields) -> dict:
         include_usage=f.stream_options(stream),
         ignore_eos=f.boolean("ignore_eos"),
     )
+
+
+MAX_TENANT_CHARS = 256
+
+
+def _tenant(f: Fields) -> str:
+    tenant = f.string("user", "")
+    if len(tenant) > MAX_TENANT_CHARS:
+        raise invalid(f"'user' must be at most {MAX_TENANT_CHARS} characters, got {len(tenant)}", "user")
+    return tenant
 
 
 def _is_number(v) -> bool:

@@ -42,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-worker-grace", type=float, default=p.no_worker_grace_s)
     parser.add_argument("--max-queue-per-model", type=int, default=p.max_queue_per_model)
     parser.add_argument("--max-running-per-worker", type=int, default=p.max_running_per_worker)
+    parser.add_argument(
+        "--no-tenant-fairness", dest="tenant_fairness", action="store_false",
+        help="a full pool serves queued requests first come, first served, instead of the tenant "
+             "(OpenAI `user`) with the fewest requests in service first",
+    )
     parser.add_argument("--weight-warmth", type=float, default=p.weights.warmth)
     parser.add_argument("--weight-load", type=float, default=p.weights.load)
     parser.add_argument("--weight-kv", type=float, default=p.weights.kv_headroom)
@@ -72,6 +77,7 @@ def build_config(args: argparse.Namespace) -> RouterConfig:
         no_worker_grace_s=args.no_worker_grace,
         max_queue_per_model=args.max_queue_per_model,
         max_running_per_worker=args.max_running_per_worker,
+        tenant_fairness=args.tenant_fairness,
         weights=ScoreWeights(warmth=args.weight_warmth, load=args.weight_load, kv_headroom=args.weight_kv),
         scheduling=args.scheduling,
         max_quota_s=args.max_quota,

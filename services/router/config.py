@@ -62,6 +62,9 @@ class PolicyConfig:
     """How long a request waits for a worker serving its model to appear before it gets 503."""
     max_queue_per_model: int = 256
     """Queued (unassigned) requests per model before new ones get 429."""
+    tenant_fairness: bool = True
+    """When the pool is full, the next free slot goes to the tenant with the fewest requests in
+    service (fair_queue.py); False: plain FCFS (the baseline)."""
     max_running_per_worker: int = 32
     """Requests the router assigns to one worker at once; the rest wait in their model's queue."""
     lost_after_reports: int = 4

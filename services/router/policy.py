@@ -20,11 +20,12 @@ by giving each idle worker its next turn (StartTurn) and replacing turns that mu
 from __future__ import annotations
 
 import itertools
-from collections import Counter, OrderedDict, deque
+from collections import Counter, OrderedDict
 from collections.abc import Iterable, Mapping
 
 from services.router import scoring
 from services.router.config import PolicyConfig
+from services.router.fair_queue import FairQueue
 from services.router.decisions import (
     Assign,
     Cancel,
@@ -70,7 +71,9 @@ class RouterPolicy:
         self._started = now
         self._workers: dict[str, WorkerView] = {}
         self._requests: dict[str, TrackedRequest] = {}
-        self._queues: dict[str, deque[str]] = {m: deque() for m in self._models}
+        self._queues: dict[str, FairQueue] = {m: FairQueue() for m in self._models}
+        self._in_service: Counter[str] = Counter()
+        """Tenant -> its requests assigned to a worker (fair_queue.py)."""
         self._finished: OrderedDict[str, None] = OrderedDict()
         self._arrivals: Counter[str] = Counter()
         self._asked_tokens: Counter[str] = Counter()
@@ -108,7 +111,7 @@ class RouterPolicy:
             return self._reject(request, queue_full(model, self.config.max_queue_per_model), 0, now)
         self._requests[rid] = tracked
         if worker is None:
-            queue.append(rid)
+            queue.append(rid, request.tenant, now)
             return []
         return [self._assign(tracked, worker)] + self._drive(now)
 
@@ -382,7 +385,7 @@ class RouterPolicy:
             if tracked is None or tracked.worker_id != report.worker_id:
                 continue
             self._workers_assigned_discard(tracked)
-            tracked.worker_id = None
+            self._set_worker(tracked, None)
             tracked.kv_handoff = rid
             target = scoring.pick(self._roles(now)[1], tracked.model, self.config)
             if target is None:
@@ -428,8 +431,13 @@ class RouterPolicy:
             self._schedules[worker_id] = schedule
         return schedule
 
+    def _set_worker(self, tracked: TrackedRequest, worker_id: str | None) -> None:
+        """Every change of a request's worker goes through here, to keep `_in_service` true."""
+        self._in_service[tracked.request.tenant] += (worker_id is not None) - (tracked.worker_id is not None)
+        tracked.worker_id = worker_id
+
     def _place(self, tracked: TrackedRequest, view: WorkerView, adopted: bool = False) -> None:
-        tracked.worker_id = view.worker_id
+        self._set_worker(tracked, view.worker_id)
         tracked.misses = 0
         view.assigned.add(tracked.request.id)
         request = tracked.request
@@ -471,22 +479,27 @@ class RouterPolicy:
         return Assign(view.worker_id, tracked.request, tracked.produced(), entry)
 
     def _dispatch(self, now: float) -> list[Decision]:
-        """Assigns queued requests while capacity lasts, oldest queue head first."""
+        """Assigns queued requests while capacity lasts: each model's next request (the oldest
+        of its least-served tenant, fair_queue.py), the least-served tenant's, then the oldest,
+        first."""
         decisions: list[Decision] = []
+        fair = self.config.tenant_fairness
         while True:
-            best = None
+            best, best_key = None, None
             for model, queue in self._queues.items():
-                if not queue:
+                waiting = queue.next(self._in_service, fair)
+                if waiting is None:
                     continue
-                head = self._requests[queue[0]]
-                if best is not None and head.accepted_at >= best[0].accepted_at:
+                key = (self._in_service[waiting.tenant] if fair else 0, waiting.accepted_at)
+                if best_key is not None and key >= best_key:
                     continue
+                head = self._requests[waiting.request_id]
                 worker = self._pick(model, now, fresh=not head.tokens)
                 if worker is not None:
-                    best = (head, worker)
+                    best, best_key = (head, worker), key
             if best is None:
                 return decisions + self._drive(now)
-            self._queues[best[0].model].popleft()
+            self._queues[best[0].model].remove(best[0].request.id)
             decisions.append(self._assign(*best))
 
     def _requeue(self, rids: list[str]) -> None:
@@ -494,10 +507,10 @@ class RouterPolicy:
         for rid in rids:
             tracked = self._requests[rid]
             self._workers_assigned_discard(tracked)
-            tracked.worker_id = None
+            self._set_worker(tracked, None)
             queue = self._queues[tracked.model]
-            queue.append(rid)
-            self._queues[tracked.model] = deque(sorted(queue, key=lambda r: self._requests[r].accepted_at))
+            queue.append(rid, tracked.request.tenant, tracked.accepted_at)
+            queue.resort()
 
     def _workers_assigned_discard(self, tracked: TrackedRequest) -> None:
         view = self._workers.get(tracked.worker_id) if tracked.worker_id else None
@@ -513,6 +526,7 @@ class RouterPolicy:
             self._queues[tracked.model].remove(rid)
         else:
             self._workers_assigned_discard(tracked)
+            self._set_worker(tracked, None)
         self._remember_finished(rid)
 
     def _remember_finished(self, rid: str) -> None:

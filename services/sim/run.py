@@ -330,6 +330,7 @@ class Simulation:
             sampling=Sampling(max_tokens=arrival.output_tokens, ignore_eos=True),
             token_subject=f"sim.tokens.{rid}",
             created_at=self.loop.now,
+            tenant=arrival.tenant,
         )
         self.apply(self.policy.submit(request, self.loop.now))
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from operator import attrgetter
 
 from services.sim.cost import ARCHITECTURES
@@ -39,6 +39,8 @@ class Arrival:
     input_tokens: int
     output_tokens: int
     """Tokens the request generates (the simulator ignores EOS: it runs to this length)."""
+    tenant: str = ""
+    """Who sends it (GenerateRequest.tenant); the workload files name none."""
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,7 @@ def cut(
         start, duration = window
         end = float("inf") if duration is None else start + duration
         arrivals = tuple(
-            Arrival(a.time_s - start, a.model, a.input_tokens, a.output_tokens)
+            replace(a, time_s=a.time_s - start)
             for a in arrivals
             if start <= a.time_s < end
         )
@@ -140,7 +142,7 @@ def speed_up(workload: Workload, factor: float) -> Workload:
     """The same requests `factor` times as fast (times divided by it)."""
     if factor == 1:
         return workload
-    arrivals = tuple(Arrival(a.time_s / factor, a.model, a.input_tokens, a.output_tokens) for a in workload.arrivals)
+    arrivals = tuple(replace(a, time_s=a.time_s / factor) for a in workload.arrivals)
     return Workload(f"{workload.name}-x{factor:.3g}", arrivals, workload.architectures)
 
 

@@ -187,3 +187,11 @@ async def test_metrics_count_what_happened(gateway, client):
     assert f'tokenpool_gateway_tokens_out_total{{model="{SMOL}"}}' in text
     assert 'tokenpool_gateway_cancelled_total{reason="client disconnected"}' in text
     assert "tokenpool_gateway_inflight_requests 0" in text
+
+
+async def test_the_openai_user_field_travels_as_the_requests_tenant(client, echo_worker):
+    await client.chat.completions.create(model=SMOL, messages=[{"role": "user", "content": "tenant probe one"}],
+                                         max_tokens=3, user="team-blue")
+    await client.completions.create(model=SMOL, prompt="tenant probe two", max_tokens=3)
+    assert echo_worker.find("tenant probe one").tenant == "team-blue"
+    assert echo_worker.find("tenant probe two").tenant == "", "no user: the shared default tenant"

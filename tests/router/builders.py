@@ -8,8 +8,8 @@ from shared.protocol import GenerateRequest, ModelResidency, Sampling, TokenChun
 MODELS = ("a", "b", "c")
 
 
-def request(rid: str, model: str = "a", max_tokens: int = 16) -> GenerateRequest:
-    return GenerateRequest(rid, model, (1, 2, 3), Sampling(max_tokens=max_tokens), subjects.tokens(rid))
+def request(rid: str, model: str = "a", max_tokens: int = 16, tenant: str = "") -> GenerateRequest:
+    return GenerateRequest(rid, model, (1, 2, 3), Sampling(max_tokens=max_tokens), subjects.tokens(rid), tenant=tenant)
 
 
 def state(

@@ -83,6 +83,47 @@ def test_full_workers_queue_requests_fcfs_and_assign_as_slots_free():
     assert p.on_tokens(tokens("r2", 0, (7,), "w1", finish="length"), now=0.5)[1].request.id == "r3"
 
 
+def finish(p, rid: str, worker: str, now: float):
+    return [d.request.id for d in p.on_tokens(tokens(rid, 0, (7,), worker, finish="stop"), now=now) if isinstance(d, Assign)]
+
+
+@pytest.mark.parametrize("fair", [True, False])
+def test_a_full_pool_gives_the_next_slot_to_the_tenant_with_the_fewest_in_service(fair):
+    """Tenant "big" fills the pool and queues a burst; "small" asks once, later. Fair: small's
+    request takes the next free slot. FCFS (the baseline): it waits for the whole burst."""
+    p = policy(max_running_per_worker=2, tenant_fairness=fair)
+    p.on_worker_state(state("w1", 1), now=0.0)
+    for i in range(6):
+        p.submit(request(f"big{i}", tenant="big"), now=0.1 + i / 100)
+    p.submit(request("small0", "b", tenant="small"), now=0.2)
+
+    order = finish(p, "big0", "w1", 0.3) + finish(p, "big1", "w1", 0.4) + finish(p, "big2", "w1", 0.5)
+    if fair:
+        assert order == ["small0", "big2", "big3"]
+    else:
+        assert order == ["big2", "big3", "big4"]
+
+
+def test_tenants_with_as_many_in_service_go_oldest_first():
+    p = policy(max_running_per_worker=2)
+    p.on_worker_state(state("w1", 1), now=0.0)
+    for rid, at in (("x0", 0.1), ("x1", 0.2), ("x2", 0.3)):
+        p.submit(request(rid, tenant="x"), now=at)  # x0 and x1 in service
+    p.submit(request("y0", tenant="y"), now=0.4)
+    p.submit(request("z0", "b", tenant="z"), now=0.5)
+    assert finish(p, "x0", "w1", 0.6) == ["y0"], "x still has one in service; y and z none: the older"
+    assert finish(p, "x1", "w1", 0.7) == ["x2"], "x, z: none in service; x2 is older than z0"
+    assert finish(p, "x2", "w1", 0.8) == ["z0"]
+
+
+def test_requests_without_a_tenant_share_one_and_stay_fcfs():
+    p = policy(max_running_per_worker=1)
+    p.on_worker_state(state("w1", 1), now=0.0)
+    for i in range(4):
+        p.submit(request(f"r{i}", ("a", "b")[i % 2]), now=0.1 * (i + 1))
+    assert finish(p, "r0", "w1", 1.0) + finish(p, "r1", "w1", 1.1) + finish(p, "r2", "w1", 1.2) == ["r1", "r2", "r3"]
+
+
 def test_queue_beyond_the_limit_gets_429():
     p = policy(max_running_per_worker=1, max_queue_per_model=2)
     p.on_worker_state(state("w1", 1), now=0.0)

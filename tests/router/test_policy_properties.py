@@ -8,6 +8,7 @@ turn lists only requests its worker holds for that model, the KV the scheduler k
 device fits in it, and at the end nothing is left hanging.
 """
 
+from collections import Counter
 from dataclasses import replace
 
 from hypothesis import settings
@@ -50,6 +51,7 @@ class RouterMachine(RuleBasedStateMachine):
         self.workers: list[SimWorker] = []
         self.submitted: list[str] = []
         self.models: dict[str, str] = {}
+        self.tenants: dict[str, str] = {}
         self.ends: dict[str, int] = {}
         self.chunks = []
         self.seen: dict[str, set[int]] = {}
@@ -102,19 +104,20 @@ class RouterMachine(RuleBasedStateMachine):
         worker = self.workers[i % len(self.workers)]
         worker.silent = not worker.silent
 
-    @rule(model=st.sampled_from((*MODELS, *MODELS, "unknown")))
-    def submit(self, model):
+    @rule(model=st.sampled_from((*MODELS, *MODELS, "unknown")), tenant=st.sampled_from(("", "t1", "t2")))
+    def submit(self, model, tenant):
         rid = f"r{len(self.submitted)}"
         self.submitted.append(rid)
         self.models[rid] = model
-        self.execute(self.policy.submit(request(rid, model), self.now))
+        self.tenants[rid] = tenant
+        self.execute(self.policy.submit(request(rid, model, tenant=tenant), self.now))
 
     @precondition(lambda self: self.submitted)
     @rule(i=st.integers(0, 100))
     def redeliver_live(self, i):
         rid = self.submitted[i % len(self.submitted)]
         if rid not in self.ends:
-            assert self.policy.submit(request(rid, self.models[rid]), self.now) == []
+            assert self.policy.submit(request(rid, self.models[rid], tenant=self.tenants[rid]), self.now) == []
 
     @precondition(lambda self: self.submitted)
     @rule(i=st.integers(0, 100))
@@ -261,6 +264,13 @@ class RouterMachine(RuleBasedStateMachine):
             if schedule is not None:
                 assigned = {rid for rid in self.submitted if rid not in self.ends and self.policy.holder(rid) == w.worker_id}
                 assert set(schedule.held) == assigned
+
+    @invariant()
+    def tenants_in_service_count_the_assigned_requests(self):
+        """What fair dispatch orders by (fair_queue.py) never drifts from the assignments."""
+        assigned = Counter(self.tenants[rid] for rid in self.submitted
+                           if rid not in self.ends and self.policy.holder(rid) is not None)
+        assert +self.policy._in_service == assigned
 
     @invariant()
     def unknown_models_never_wait(self):
