@@ -14,13 +14,11 @@ tokenpool bench fairness --json --out bench/results/fairness-h100-sim.json
 
 from __future__ import annotations
 
-import platform
 import random
-from datetime import datetime, timezone
 from pathlib import Path
 
 from services.cli.bench_market import PAPER_WORKLOADS
-from services.cli.bench_run import run_bench
+from services.cli.bench_run import machine_brief, run_bench
 
 BURST_TENANT = "burst"
 
@@ -101,11 +99,7 @@ def _run(args) -> dict:
     fair, fcfs = sides["fair"], sides["fcfs"]
     return {
         "bench": "fairness",
-        "machine": {
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-        },
+        "machine": machine_brief(),
         "config": {
             "workload": base.name, "gpus": args.gpus, "gpu_profile": args.gpu_profile, "tenants": args.tenants,
             "burst": args.burst, "burst_at_s": args.burst_at, "burst_models": args.burst_models, "seed": args.seed,

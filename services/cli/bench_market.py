@@ -12,12 +12,10 @@ tokenpool bench market --sizes 8,16,40,80 --json --out bench/results/market-h100
 from __future__ import annotations
 
 import argparse
-import platform
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-from services.cli.bench_run import run_bench
+from services.cli.bench_run import machine_brief, run_bench
 
 PAPER_WORKLOADS = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "aegaeon" / "workloads"
 SIZES = (8, 16, 24, 32, 40, 48, 56, 64, 72, 80)
@@ -82,11 +80,7 @@ def _run(args) -> dict:
     ratios = [r["token_vs_request"] for r in rows if r["token_vs_request"] is not None]
     return {
         "bench": "market",
-        "machine": {
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-        },
+        "machine": machine_brief(),
         "config": {"gpu_profile": args.gpu_profile, "target": args.target, "ttft_s": base.ttft_s, "tbt_s": base.tbt_s},
         "workloads": rows,
         "best_token_models_per_gpu": max((t for t in token if t), default=None),

@@ -58,6 +58,18 @@ def run_bench(
     return 0
 
 
+def machine_brief() -> dict:
+    """When and where a simulated benchmark ran (its figures do not depend on the machine)."""
+    import platform
+    from datetime import datetime, timezone
+
+    return {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
+
+
 def run_async(coro: Coroutine[Any, Any, T]) -> T:
     """Runs `coro` to its end; a SIGTERM meanwhile cancels it and raises Terminated."""
     try:
