@@ -41,6 +41,8 @@ def register(kinds) -> None:
     p.add_argument("--slots", type=int, default=32,
                    help="requests the router lets one GPU hold (the router service's default; the "
                    "simulator's own is %d, at which a burst rarely queues)" % 256)
+    p.add_argument("--max-tenant-share", type=float, default=None,
+                   help="also run fairness with this cap on one tenant's share of the slots (router --max-tenant-share)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="also write the JSON object to this file")
     p.add_argument("--json", action="store_true", help="print the JSON object instead of a summary")
@@ -80,11 +82,18 @@ def _run(args) -> dict:
         workload = with_burst(base, args.tenants, args.burst, args.burst_at, args.burst_models, args.seed)
         cost = CostModel.for_models(args.gpu_profile, workload.architectures)
         alone = with_burst(base, args.tenants, 0, args.burst_at, args.burst_models, args.seed)
+        runs = [("alone", True, alone, 1.0), ("fair", True, workload, 1.0), ("fcfs", False, workload, 1.0)]
+        if args.max_tenant_share is not None:
+            runs.append(("capped", True, workload, args.max_tenant_share))
         sides = {}
-        for name, fair, arrivals in (("alone", True, alone), ("fair", True, workload), ("fcfs", False, workload)):
+        for name, fair, arrivals, share in runs:
             from dataclasses import replace
 
-            policy = replace(policy_config(cost, "token"), tenant_fairness=fair, max_running_per_worker=args.slots)
+            try:
+                policy = replace(policy_config(cost, "token"), tenant_fairness=fair,
+                                 max_running_per_worker=args.slots, max_tenant_share=share)
+            except ValueError as e:
+                raise SimError(str(e)) from None
             result = simulate(arrivals, SimConfig(gpus=args.gpus, gpu_profile=args.gpu_profile, drain_s=600.0,
                                                   policy=policy), cost)
             groups = {"market": [], "burst": [], "market_before_burst": []}
@@ -103,11 +112,12 @@ def _run(args) -> dict:
         "config": {
             "workload": base.name, "gpus": args.gpus, "gpu_profile": args.gpu_profile, "tenants": args.tenants,
             "burst": args.burst, "burst_at_s": args.burst_at, "burst_models": args.burst_models, "seed": args.seed,
-            "slots_per_gpu": args.slots,
+            "slots_per_gpu": args.slots, "max_tenant_share": args.max_tenant_share,
         },
         "market_alone": sides["alone"]["market"],
         "fair": fair,
         "fcfs": fcfs,
+        **({"capped": sides["capped"]} if "capped" in sides else {}),
         "market_attainment_fair_over_fcfs": _ratio(fair["market"]["attainment"], fcfs["market"]["attainment"]),
         "burst_attainment_fair_over_fcfs": _ratio(fair["burst"]["attainment"], fcfs["burst"]["attainment"]),
     }
@@ -131,7 +141,9 @@ def _format(r: dict) -> str:
         f"{c['slots_per_gpu']} requests per GPU",
         f"{'':22}{'requests':>9}{'attainment':>12}{'strict':>8}{'TTFT p50':>10}{'TTFT p99':>10}",
     ]
-    for side in ("fair", "fcfs"):
+    for side in ("fair", "fcfs", "capped"):
+        if side not in r:
+            continue
         for group in ("market_before_burst", "market", "burst"):
             g = r[side][group]
             lines.append(f"{side + ' ' + group.replace('_', ' '):22}{g['requests']:>9}{_f(g['attainment']):>12}"

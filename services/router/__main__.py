@@ -43,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-queue-per-model", type=int, default=p.max_queue_per_model)
     parser.add_argument("--max-running-per-worker", type=int, default=p.max_running_per_worker)
     parser.add_argument(
+        "--max-tenant-share", type=float, default=p.max_tenant_share,
+        help="the share of the pool's request slots one tenant (OpenAI `user`) may hold; its other requests "
+             "wait even while slots are free (default 1: no cap)",
+    )
+    parser.add_argument(
         "--no-tenant-fairness", dest="tenant_fairness", action="store_false",
         help="a full pool serves queued requests first come, first served, instead of the tenant "
              "(OpenAI `user`) with the fewest requests in service first",
@@ -78,6 +83,7 @@ def build_config(args: argparse.Namespace) -> RouterConfig:
         max_queue_per_model=args.max_queue_per_model,
         max_running_per_worker=args.max_running_per_worker,
         tenant_fairness=args.tenant_fairness,
+        max_tenant_share=args.max_tenant_share,
         weights=ScoreWeights(warmth=args.weight_warmth, load=args.weight_load, kv_headroom=args.weight_kv),
         scheduling=args.scheduling,
         max_quota_s=args.max_quota,

@@ -65,6 +65,10 @@ class PolicyConfig:
     tenant_fairness: bool = True
     """When the pool is full, the next free slot goes to the tenant with the fewest requests in
     service (fair_queue.py); False: plain FCFS (the baseline)."""
+    max_tenant_share: float = 1.0
+    """The share of the pool's slots (max_running_per_worker x ready workers) one named tenant
+    may hold; its further requests wait even while slots are free. 1.0: no cap. Requests
+    without a tenant (no `user`) are never capped."""
     max_running_per_worker: int = 32
     """Requests the router assigns to one worker at once; the rest wait in their model's queue."""
     lost_after_reports: int = 4
@@ -121,6 +125,8 @@ class PolicyConfig:
             raise ValueError("max_queue_per_model must be >= 0 (0 rejects every request that cannot start at once)")
         if self.max_running_per_worker < 1:
             raise ValueError("max_running_per_worker must be >= 1")
+        if not 0 < self.max_tenant_share <= 1:
+            raise ValueError(f"max_tenant_share must be in (0, 1], got {self.max_tenant_share}")
         if self.lost_after_reports < 1:
             raise ValueError("lost_after_reports must be >= 1")
         if self.finished_memory < 0:

@@ -4,13 +4,14 @@ Plain FCFS lets one tenant that sends a burst hold every slot the pool frees unt
 served, however few requests the others send. So the next request is the oldest one of the
 tenant with the fewest requests in service (assigned to a worker); among equals, the oldest.
 With one tenant (or none named: every request is tenant "") that is FCFS. A tenant is the
-OpenAI `user` field of the request.
+OpenAI `user` field of the request. A tenant can also be held back altogether (`blocked`: it
+holds its cap of the pool, PolicyConfig.max_tenant_share).
 """
 
 from __future__ import annotations
 
 from collections import Counter, deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 
@@ -50,15 +51,25 @@ class FairQueue:
     def resort(self) -> None:
         self._items = deque(sorted(self._items, key=lambda w: w.accepted_at))
 
-    def next(self, in_service: Mapping[str, int], fair: bool = True) -> Waiting | None:
-        """The request that goes next (not removed); `fair=False` is plain FCFS."""
-        if not self._items:
-            return None
-        if not fair or len(self._tenants) == 1:
-            return self._items[0]
+    def next(
+        self, in_service: Mapping[str, int], fair: bool = True, blocked: Callable[[str], bool] | None = None
+    ) -> Waiting | None:
+        """The request that goes next (not removed), None when none may; `fair=False` is plain
+        FCFS; requests of a tenant `blocked` says so of wait."""
+        if blocked is None:
+            if not self._items:
+                return None
+            if not fair or len(self._tenants) == 1:
+                return self._items[0]
         oldest: dict[str, Waiting] = {}
         for item in self._items:  # the oldest request of each waiting tenant
-            oldest.setdefault(item.tenant, item)
+            if item.tenant not in oldest:
+                oldest[item.tenant] = item
+                if not fair and not (blocked and blocked(item.tenant)):
+                    return item
             if len(oldest) == len(self._tenants):
                 break
-        return min(oldest.values(), key=lambda w: (in_service.get(w.tenant, 0), w.accepted_at))
+        allowed = [w for w in oldest.values() if not (blocked and blocked(w.tenant))]
+        if not allowed:
+            return None
+        return min(allowed, key=lambda w: (in_service.get(w.tenant, 0), w.accepted_at))

@@ -106,13 +106,15 @@ class RouterPolicy:
         if not self._served(model, now) and self._grace_over(model, now):
             return self._reject(request, no_worker(model), 0, now)
         queue = self._queues[model]
-        worker = None if queue else self._pick(model, now, fresh=True)
+        capped = self._blocked(now)
+        worker = None if queue or (capped and capped(request.tenant)) else self._pick(model, now, fresh=True)
         if worker is None and len(queue) >= self.config.max_queue_per_model:
             return self._reject(request, queue_full(model, self.config.max_queue_per_model), 0, now)
         self._requests[rid] = tracked
         if worker is None:
             queue.append(rid, request.tenant, now)
-            return []
+            # With a cap, requests of a capped tenant wait while slots are free: this one may not.
+            return self._dispatch(now) if capped else []
         return [self._assign(tracked, worker)] + self._drive(now)
 
     def on_worker_state(self, state: WorkerState, now: float) -> list[Decision]:
@@ -431,6 +433,15 @@ class RouterPolicy:
             self._schedules[worker_id] = schedule
         return schedule
 
+    def _blocked(self, now: float):
+        """None without a tenant cap; else whether a tenant holds its cap of the pool's slots."""
+        share = self.config.max_tenant_share
+        if share >= 1.0:
+            return None
+        ready = sum(1 for v in self._live(now) if v.ready and not v.drained)
+        cap = max(1, int(share * self.config.max_running_per_worker * ready))
+        return lambda tenant: bool(tenant) and self._in_service[tenant] >= cap
+
     def _set_worker(self, tracked: TrackedRequest, worker_id: str | None) -> None:
         """Every change of a request's worker goes through here, to keep `_in_service` true."""
         self._in_service[tracked.request.tenant] += (worker_id is not None) - (tracked.worker_id is not None)
@@ -484,10 +495,11 @@ class RouterPolicy:
         first."""
         decisions: list[Decision] = []
         fair = self.config.tenant_fairness
+        blocked = self._blocked(now)
         while True:
             best, best_key = None, None
             for model, queue in self._queues.items():
-                waiting = queue.next(self._in_service, fair)
+                waiting = queue.next(self._in_service, fair, blocked)
                 if waiting is None:
                     continue
                 key = (self._in_service[waiting.tenant] if fair else 0, waiting.accepted_at)

@@ -35,3 +35,13 @@ def test_remove_resort_and_length():
     q.remove("r2")
     q.remove("r3")
     assert not q and q.next({}) is None
+
+
+def test_a_blocked_tenant_waits_fair_or_fcfs():
+    q = queue(("a1", "a", 1.0), ("b1", "b", 2.0), ("a2", "a", 3.0))
+    blocked = {"a"}.__contains__
+    assert q.next({"a": 0, "b": 5}, blocked=blocked).request_id == "b1"
+    assert q.next({}, fair=False, blocked=blocked).request_id == "b1"
+    q.remove("b1")
+    assert q.next({}, blocked=blocked) is None and q.next({}, fair=False, blocked=blocked) is None
+    assert q.next({}, blocked=lambda t: False).request_id == "a1"

@@ -116,6 +116,25 @@ def test_tenants_with_as_many_in_service_go_oldest_first():
     assert finish(p, "x2", "w1", 0.8) == ["z0"]
 
 
+def test_a_tenant_at_its_share_of_the_pool_waits_while_slots_are_free():
+    p = policy(max_running_per_worker=2, max_tenant_share=0.5)
+    p.on_worker_state(state("w1", 1), now=0.0)
+    p.on_worker_state(state("w2", 1), now=0.0)  # 4 slots: a tenant may hold 2
+    placed = [d for i in range(4) for d in p.submit(request(f"big{i}", tenant="big"), now=0.1 + i / 100)]
+    assert [d.request.id for d in placed if isinstance(d, Assign)] == ["big0", "big1"]
+    assert p.snapshot(0.2).pending == 2, "two slots stay free for the others"
+    [small] = p.submit(request("small0", tenant="small"), now=0.3)
+    assert isinstance(small, Assign)
+    [unnamed] = p.submit(request("anon0"), now=0.4)
+    assert isinstance(unnamed, Assign), "requests without a tenant are never capped"
+    assert finish(p, "big0", "w1", 0.5) + finish(p, "big1", "w2", 0.6) == ["big2", "big3"]
+
+
+def test_max_tenant_share_out_of_range_is_refused():
+    with pytest.raises(ValueError, match=r"max_tenant_share must be in \(0, 1\], got 0"):
+        PolicyConfig(max_tenant_share=0)
+
+
 def test_requests_without_a_tenant_share_one_and_stay_fcfs():
     p = policy(max_running_per_worker=1)
     p.on_worker_state(state("w1", 1), now=0.0)

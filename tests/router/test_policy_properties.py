@@ -306,3 +306,14 @@ class HandOffMachine(RouterMachine):
 
 HandOffMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=60, deadline=None)
 test_kv_handoff_policy_properties = HandOffMachine.TestCase
+
+
+class TenantCapMachine(RouterMachine):
+    """A tenant may hold a third of the pool's slots; its other requests wait while slots are
+    free, and still every request is answered (teardown) and held at most once."""
+
+    config = replace(CONFIG, max_tenant_share=0.34)
+
+
+TenantCapMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=60, deadline=None)
+test_tenant_cap_policy_properties = TenantCapMachine.TestCase

@@ -33,7 +33,7 @@ def test_the_burst_joins_the_market_from_its_own_tenant():
 
 
 def test_fairness_keeps_the_market_served_through_a_burst_and_the_burst_pays():
-    result = bench("--burst", "200", "--json")
+    result = bench("--burst", "200", "--max-tenant-share", "0.25", "--json")
 
     assert result.returncode == 0, result.stderr
     r = json.loads(result.stdout)
@@ -45,9 +45,14 @@ def test_fairness_keeps_the_market_served_through_a_burst_and_the_burst_pays():
     assert fair["market"]["ttft_p50_s"] < fcfs["market"]["ttft_p50_s"] / 3
     assert fair["burst"]["attainment"] < fcfs["burst"]["attainment"], "the burst waits its turn instead"
     assert fair["market_before_burst"]["requests"] == fcfs["market_before_burst"]["requests"] > 0
+    assert r["capped"]["market"]["attainment"] > fair["market"]["attainment"], "a cap keeps more room for the others"
 
 
-def test_a_bad_flag_gets_a_one_line_error():
-    result = bench("--burst-models", "0", timeout=60)
+@pytest.mark.parametrize("flags, says", [
+    (["--burst-models", "0"], "--burst-models must be >= 1"),
+    (["--max-tenant-share", "1.5"], "max_tenant_share must be in (0, 1], got 1.5"),
+])
+def test_a_bad_flag_gets_a_one_line_error(flags, says):
+    result = bench(*flags, timeout=60)
     assert result.returncode == 1
-    assert "--burst-models must be >= 1" in result.stderr and "Traceback" not in result.stderr
+    assert says in result.stderr and "Traceback" not in result.stderr
