@@ -200,6 +200,9 @@ class WorkerState:
     """The turn the worker is running now; 0 when it is idle."""
     running_models: tuple[str, ...] = ()
     """The model of each request in `running`, in the same order."""
+    max_running: int = 0
+    """Requests this worker takes at once (its KV, not a slot count, is what binds on a GPU);
+    0: the router's own default."""
 
 
 @message

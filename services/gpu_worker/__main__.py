@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kv-page-bytes", type=parse_bytes, default=WorkerConfig.kv_page_bytes, help="default 1MiB")
     p.add_argument("--host-swap-bytes", type=parse_bytes, default=None, help="default: twice the KV arena")
     p.add_argument("--max-batch-size", type=int, default=WorkerConfig.max_batch_size)
+    p.add_argument("--max-running", type=int, default=None,
+                   help="requests the router may give this worker at once (default: 32 on CPU, 256 on CUDA)")
     p.add_argument("--max-batch-tokens", type=int, default=WorkerConfig.max_batch_tokens)
     p.add_argument("--report-interval", type=float, default=WorkerConfig.report_interval_s, help="seconds between WorkerState reports")
     p.add_argument("--drain-timeout", type=float, default=WorkerConfig.drain_timeout_s, help="seconds to finish requests on SIGTERM")
@@ -83,6 +85,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         kv_page_bytes=args.kv_page_bytes,
         host_swap_bytes=args.host_swap_bytes,
         max_batch_size=args.max_batch_size,
+        max_running=args.max_running,
         max_batch_tokens=args.max_batch_tokens,
         report_interval_s=args.report_interval,
         drain_timeout_s=args.drain_timeout,

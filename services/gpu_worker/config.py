@@ -17,6 +17,10 @@ from shared.catalog import Catalog
 
 MIB = 1 << 20
 CPU_KV_ARENA_BYTES = 256 * MIB
+CPU_MAX_RUNNING = 32
+"""A CPU decodes a few sequences per step at most: more only wait longer."""
+CUDA_MAX_RUNNING = 256
+"""A GPU holds requests of many models at once (the simulator's SLOTS_PER_GPU)."""
 _TOKEN_SAFE = re.compile(r"^[A-Za-z0-9_-]+$")
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 ENGINES = ("torch", "echo")
@@ -53,6 +57,10 @@ class WorkerConfig:
     the host's memory (pinned on CUDA, so never given back while the worker runs)."""
     max_batch_size: int = 64
     """Most sequences decoded together in one step."""
+    max_running: int | None = None
+    """Requests the worker asks the router for at once (WorkerState.max_running); None: 32 on
+    CPU, 256 on CUDA, where KV pages rather than a count bound them (beyond what fits, the
+    engine swaps or waits)."""
     max_batch_tokens: int = 2048
     """Most prompt tokens computed in one prefill step (longer prompts are chunked)."""
     report_interval_s: float = 0.5
@@ -91,6 +99,8 @@ class WorkerConfig:
                 raise ValueError(f"{name} must be a positive number of bytes, got {value}")
         if self.kv_page_bytes <= 0:
             raise ValueError(f"kv_page_bytes must be positive, got {self.kv_page_bytes}")
+        if self.max_running is not None and self.max_running < 1:
+            raise ValueError(f"max_running must be at least 1, got {self.max_running}")
         if self.max_batch_size < 1 or self.max_batch_tokens < 1:
             raise ValueError("max_batch_size and max_batch_tokens must be at least 1")
         if self.report_interval_s <= 0:
@@ -220,3 +230,9 @@ def _default_kv_arena(device: str, weight_arena: int, free_device_bytes: int | N
     if device == "cpu" or free_device_bytes is None:
         return CPU_KV_ARENA_BYTES
     return max(CPU_KV_ARENA_BYTES, (free_device_bytes - weight_arena) // 2 // MIB * MIB)
+
+
+def max_running(config: WorkerConfig) -> int:
+    if config.max_running is not None:
+        return config.max_running
+    return CPU_MAX_RUNNING if config.device == "cpu" else CUDA_MAX_RUNNING

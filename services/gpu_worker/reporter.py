@@ -15,11 +15,13 @@ def worker_state(
     accepting: bool,
     seq: int,
     now: float,
+    max_running: int = 0,
 ) -> WorkerState:
     """`accepting` is False while the worker drains; it is then never ready, whatever the engine says."""
     if snapshot is None:  # the engine thread has not built the engine yet
         models = tuple(ModelResidency(m, Tier.DISK.value) for m in serving)
-        return WorkerState(worker_id, False, tuple(serving), models, None, (), 0, 0, device, seq, now)
+        return WorkerState(worker_id, False, tuple(serving), models, None, (), 0, 0, device, seq, now,
+                           max_running=max_running)
     stats = snapshot.stats
     shapes = dict(snapshot.shapes)
     models = tuple(_residency(m, stats.models.get(m, Tier.DISK.value), shapes.get(m)) for m in serving)
@@ -37,6 +39,7 @@ def worker_state(
         ts=now,
         turn_id=snapshot.turn_id,
         running_models=snapshot.running_models,
+        max_running=max_running,
     )
 
 

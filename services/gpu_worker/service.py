@@ -21,7 +21,7 @@ import time
 
 from services.gpu_worker import commands as cmd
 from services.gpu_worker.coalesce import coalesce, token_batches
-from services.gpu_worker.config import WorkerConfig, build_engine, engine_threads, plan_engine, served_models
+from services.gpu_worker.config import WorkerConfig, build_engine, engine_threads, max_running, plan_engine, served_models
 from services.gpu_worker.engine.handoff import HandoffArea
 from services.gpu_worker.engine_thread import EngineThread
 from services.gpu_worker.gpu_metrics import read_gpu_metrics
@@ -232,7 +232,8 @@ class GpuWorker:
     async def _publish_state(self) -> None:
         self._seq += 1
         state = worker_state(
-            self.config.worker_id, self.models, self.config.device, self.snapshot, self.accepting, self._seq, time.time()
+            self.config.worker_id, self.models, self.config.device, self.snapshot, self.accepting, self._seq, time.time(),
+            max_running(self.config),
         )
         try:
             await self.nc.publish(subjects.WORKER_STATE, encode(state))

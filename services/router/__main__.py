@@ -41,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--worker-timeout", type=float, default=p.worker_timeout_s)
     parser.add_argument("--no-worker-grace", type=float, default=p.no_worker_grace_s)
     parser.add_argument("--max-queue-per-model", type=int, default=p.max_queue_per_model)
-    parser.add_argument("--max-running-per-worker", type=int, default=p.max_running_per_worker)
+    parser.add_argument("--max-running-per-worker", type=int, default=p.max_running_per_worker,
+                        help="requests one worker holds at once (default: what each worker reports, "
+                             "gpu_worker --max-running: 32 on CPU, 256 on CUDA)")
     parser.add_argument(
         "--max-tenant-share", type=float, default=p.max_tenant_share,
         help="the share of the pool's request slots one tenant (OpenAI `user`) may hold; its other requests "

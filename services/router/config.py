@@ -18,7 +18,7 @@ class ScoreWeights:
     warmth: float = 1.0
     """Model already active (1.0), resident on the device (0.8), in host memory (0.5), cold (0)."""
     load: float = 0.5
-    """Free request slots: 1 - running / max_running_per_worker."""
+    """Free request slots: 1 - running / scoring.slots."""
     kv_headroom: float = 0.1
     """Free KV pages / total KV pages as the worker last reported."""
 
@@ -54,6 +54,10 @@ class TimePriors:
                 raise ValueError(f"time_priors.{name} must be >= 0")
 
 
+DEFAULT_SLOTS = 32
+"""Requests per worker when neither the router's config nor the worker names a number."""
+
+
 @dataclass(frozen=True)
 class PolicyConfig:
     worker_timeout_s: float = 2.0
@@ -66,11 +70,13 @@ class PolicyConfig:
     """When the pool is full, the next free slot goes to the tenant with the fewest requests in
     service (fair_queue.py); False: plain FCFS (the baseline)."""
     max_tenant_share: float = 1.0
-    """The share of the pool's slots (max_running_per_worker x ready workers) one named tenant
+    """The share of the pool's slots (the ready workers' scoring.slots) one named tenant
     may hold; its further requests wait even while slots are free. 1.0: no cap. Requests
     without a tenant (no `user`) are never capped."""
-    max_running_per_worker: int = 32
-    """Requests the router assigns to one worker at once; the rest wait in their model's queue."""
+    max_running_per_worker: int | None = None
+    """Requests the router assigns to one worker at once; the rest wait in their model's queue.
+    None: what each worker reports (WorkerState.max_running: 32 on CPU, 256 on CUDA by
+    default), DEFAULT_SLOTS for one that does not say."""
     lost_after_reports: int = 4
     """Consecutive worker reports that omit a request assigned to it before it counts as lost
     (e.g. the worker restarted) and is assigned again."""
@@ -123,7 +129,7 @@ class PolicyConfig:
             raise ValueError("no_worker_grace_s must be >= 0 (0 answers 503 as soon as no worker serves a model)")
         if self.max_queue_per_model < 0:
             raise ValueError("max_queue_per_model must be >= 0 (0 rejects every request that cannot start at once)")
-        if self.max_running_per_worker < 1:
+        if self.max_running_per_worker is not None and self.max_running_per_worker < 1:
             raise ValueError("max_running_per_worker must be >= 1")
         if not 0 < self.max_tenant_share <= 1:
             raise ValueError(f"max_tenant_share must be in (0, 1], got {self.max_tenant_share}")

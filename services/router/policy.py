@@ -438,8 +438,8 @@ class RouterPolicy:
         share = self.config.max_tenant_share
         if share >= 1.0:
             return None
-        ready = sum(1 for v in self._live(now) if v.ready and not v.drained)
-        cap = max(1, int(share * self.config.max_running_per_worker * ready))
+        pool = sum(scoring.slots(v, self.config) for v in self._live(now) if v.ready and not v.drained)
+        cap = max(1, int(share * pool))
         return lambda tenant: bool(tenant) and self._in_service[tenant] >= cap
 
     def _set_worker(self, tracked: TrackedRequest, worker_id: str | None) -> None:

@@ -8,15 +8,20 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from services.router.config import PolicyConfig
+from services.router.config import DEFAULT_SLOTS, PolicyConfig
 from services.router.views import WorkerView
 
 WARMTH = {"active": 1.0, "device": 0.8, "host": 0.5, "disk": 0.0}
 
 
+def slots(view: WorkerView, config: PolicyConfig) -> int:
+    """Requests the worker may hold: the router's setting, else the worker's own word."""
+    return config.max_running_per_worker or view.max_running or DEFAULT_SLOTS
+
+
 def can_take(view: WorkerView, model: str, config: PolicyConfig) -> bool:
     """The filter: the worker serves the model, is ready, not being drained and has a free slot."""
-    return view.ready and not view.drained and model in view.serving and view.load < config.max_running_per_worker
+    return view.ready and not view.drained and model in view.serving and view.load < slots(view, config)
 
 
 def warmth(view: WorkerView, model: str, config: PolicyConfig) -> float:
@@ -26,7 +31,7 @@ def warmth(view: WorkerView, model: str, config: PolicyConfig) -> float:
 
 
 def free_slots(view: WorkerView, model: str, config: PolicyConfig) -> float:
-    return max(0.0, 1.0 - view.load / config.max_running_per_worker)
+    return max(0.0, 1.0 - view.load / slots(view, config))
 
 
 def kv_headroom(view: WorkerView, model: str, config: PolicyConfig) -> float:

@@ -35,6 +35,8 @@ class WorkerView:
     """The turn the worker reported running; 0 when idle."""
     drained: bool = False
     """The autoscaler is emptying this worker: it takes no new request."""
+    max_running: int = 0
+    """Requests the worker said it takes at once (0: it did not say)."""
 
     @classmethod
     def from_state(cls, state: WorkerState, now: float) -> WorkerView:
@@ -61,6 +63,7 @@ class WorkerView:
         self.reported_running = frozenset(state.running)
         self.free_kv_pages = state.free_kv_pages
         self.total_kv_pages = state.total_kv_pages
+        self.max_running = state.max_running
         self.seq = state.seq
         self.ts = state.ts
         self.last_report = now

@@ -77,6 +77,16 @@ def test_host_swap_is_twice_the_kv_arena_but_at_most_a_quarter_of_host_memory(ca
     assert asked.engine.host_swap_bytes == 100 << 30, "an explicit size is taken as given"
 
 
+def test_a_worker_asks_for_32_requests_on_cpu_and_256_on_cuda_unless_told():
+    from services.gpu_worker.config import max_running
+
+    assert max_running(WorkerConfig()) == 32
+    assert max_running(WorkerConfig(device="cuda:1")) == 256
+    assert max_running(WorkerConfig(device="cuda", max_running=100)) == 100
+    with pytest.raises(ValueError, match="max_running must be at least 1, got 0"):
+        WorkerConfig(max_running=0)
+
+
 def test_weight_arena_too_small_for_a_model_is_refused(catalog):
     with pytest.raises(ValueError, match="cannot hold model 'demo-qwen2'.*--weight-arena-bytes"):
         plan_engine(WorkerConfig(models=MODELS, weight_arena_bytes=1 << 20), catalog)

@@ -153,6 +153,7 @@ async def test_reports_arrive_periodically_with_the_models_loaded(nats_url, clie
     assert all(m.tier in ("host", "device") for m in first.models)
     assert all(m.block_tokens > 0 and m.weight_bytes > 0 for m in first.models) and first.turn_id == 0
     assert all(m.host_bytes > m.weight_bytes for m in first.models), "a CPU worker's packed copies count"
+    assert first.max_running == 32, "a CPU worker asks the router for 32 requests at once"
     assert first.active_model == "demo-llama" and first.free_kv_pages == first.total_kv_pages > 0
     assert not reports[-1].ready  # the worker said it stopped taking work
 

@@ -25,10 +25,12 @@ def state(
     ts: float | None = None,
     block_tokens: int = 0,
     turn_id: int = 0,
+    max_running: int = 0,
 ) -> WorkerState:
     models = tuple(ModelResidency(m, t, block_tokens) for m, t in (tiers or {}).items())
     return WorkerState(
-        worker_id, ready, serving, models, active, running, free, total, "cpu", seq, float(seq) if ts is None else ts, turn_id
+        worker_id, ready, serving, models, active, running, free, total, "cpu", seq, float(seq) if ts is None else ts, turn_id,
+        max_running=max_running,
     )
 
 

@@ -3,7 +3,7 @@ and a scripted clock; turn scheduling has its own tests (test_turns.py)."""
 
 import pytest
 
-from services.router.config import PolicyConfig
+from services.router.config import DEFAULT_SLOTS, PolicyConfig
 from services.router.decisions import Assign, Cancel, Done, Reject, StartTurn
 from services.router.policy import RouterPolicy
 
@@ -141,6 +141,24 @@ def test_requests_without_a_tenant_share_one_and_stay_fcfs():
     for i in range(4):
         p.submit(request(f"r{i}", ("a", "b")[i % 2]), now=0.1 * (i + 1))
     assert finish(p, "r0", "w1", 1.0) + finish(p, "r1", "w1", 1.1) + finish(p, "r2", "w1", 1.2) == ["r1", "r2", "r3"]
+
+
+def test_each_worker_takes_as_many_requests_as_it_says_unless_the_router_sets_a_number():
+    p = policy()
+    p.on_worker_state(state("small", 1, max_running=1), now=0.0)
+    p.on_worker_state(state("big", 1, max_running=3), now=0.0)
+    held = [d.worker_id for i in range(5) for d in p.submit(request(f"r{i}"), now=0.1) if isinstance(d, Assign)]
+    assert sorted(held) == ["big", "big", "big", "small"] and p.snapshot(0.1).pending == 1
+
+    fixed = policy(max_running_per_worker=2)
+    fixed.on_worker_state(state("small", 1, max_running=1), now=0.0)
+    held = [d.worker_id for i in range(3) for d in fixed.submit(request(f"r{i}"), now=0.1) if isinstance(d, Assign)]
+    assert held == ["small", "small"], "the router's setting overrides the worker's word"
+
+    silent = policy()
+    silent.on_worker_state(state("old", 1), now=0.0)  # reports no number: the router's default
+    held = [d for i in range(40) for d in silent.submit(request(f"r{i}"), now=0.1) if isinstance(d, Assign)]
+    assert len(held) == DEFAULT_SLOTS
 
 
 def test_queue_beyond_the_limit_gets_429():
