@@ -28,6 +28,7 @@ from services.autoscaler.orders import STATE_KEY, decode_state, encode_state, pl
 from services.autoscaler.scaling_config import ScalingConfig
 from services.autoscaler.tick import PlannerState, TickInput
 from shared import bus, subjects
+from shared.periodic import every
 from shared.protocol import Placement, ProtocolError, RouterState, TurnReport, WorkerState, decode, encode
 
 log = logging.getLogger("tokenpool.autoscaler")
@@ -64,7 +65,7 @@ class AutoscalerService:
             self.connector.reserve({*s.placement, *s.draining, *s.released})
         if self.connector is not None and self.config.initial_workers:
             await self._start_workers(self.config.initial_workers, "initial workers")
-        self._task = asyncio.create_task(self._loop(), name="autoscaler-plan")
+        self._task = every(self.config.interval_s, self.replan, "planning", log)
         mode = f"connector {self.connector.name}" if self.connector else "fixed pool (no connector)"
         log.info("autoscaler up on %s, %d models, %s", self.config.nats, len(self.seen.models), mode)
         return self
@@ -85,14 +86,6 @@ class AutoscalerService:
             except ProtocolError as e:
                 log.warning("ignoring a malformed %s: %s", message_type.__name__, e)
         return handle
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.interval_s)
-            try:
-                await self.replan()
-            except Exception:  # noqa: BLE001 - logged; the next round tries again
-                log.exception("planning failed")
 
     async def replan(self) -> None:
         now = self.clock()

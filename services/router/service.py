@@ -26,6 +26,7 @@ from services.router.metrics_http import MetricsServer
 from services.router.policy import RouterPolicy
 from services.router.turn_metrics import TurnMetrics
 from shared import bus, subjects
+from shared.periodic import every
 from shared.tracing import SpanBook
 from shared.catalog import Catalog
 from shared.metrics import Registry
@@ -222,12 +223,4 @@ class RouterService:
         return lambda: self._events.inc(event=event)
 
     def _every(self, interval_s: float, action: Callable[[], Awaitable[None]], name: str) -> asyncio.Task:
-        async def loop() -> None:
-            while True:
-                await asyncio.sleep(interval_s)
-                try:
-                    await action()
-                except Exception:  # noqa: BLE001 - logged; the next round tries again
-                    log.exception("%s failed", name)
-
-        return asyncio.create_task(loop(), name=name)
+        return every(interval_s, action, name, log)

@@ -1,0 +1,33 @@
+"""A task that runs an action every few seconds until it is cancelled, and does stop then.
+
+A plain `while True: sleep; try: await action() except Exception: log` can outlive its cancel:
+a client library may turn the CancelledError into another error (nats-py does inside JetStream
+calls), which the `except` logs before looping on, and Python 3.11's `asyncio.wait_for` can
+swallow a cancel that lands as its inner future completes. Either way the cancel is spent and
+whoever awaits the task waits forever (a stopping autoscaler did, in a test). The task's own
+cancel count (`Task.cancelling`) still records the request, so the loop checks it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+
+def every(interval_s: float, action: Callable[[], Awaitable[object]], name: str, log: logging.Logger) -> asyncio.Task:
+    """Runs `action` every `interval_s` (after each sleep); its failures are logged and the next
+    round tries again."""
+
+    async def loop() -> None:
+        me = asyncio.current_task()
+        while not me.cancelling():
+            await asyncio.sleep(interval_s)
+            try:
+                await action()
+            except Exception:  # noqa: BLE001 - logged; the next round tries again
+                if me.cancelling():
+                    return  # a cancel that the action's library turned into another error
+                log.exception("%s failed", name)
+
+    return asyncio.create_task(loop(), name=name)

@@ -1,0 +1,72 @@
+"""shared/periodic.every: the loop stops when cancelled, whatever its action does with the cancel."""
+
+import asyncio
+import logging
+
+import pytest
+
+from shared.periodic import every
+
+log = logging.getLogger("test")
+
+
+async def _run_and_cancel(action) -> tuple[int, bool]:
+    calls = 0
+    started = asyncio.Event()
+
+    async def counted():
+        nonlocal calls
+        calls += 1
+        started.set()
+        await action()
+
+    task = every(0.01, counted, "test", log)
+    await asyncio.wait_for(started.wait(), 5)
+    task.cancel()
+    done, _ = await asyncio.wait([task], timeout=5)
+    return calls, bool(done)
+
+
+async def _plain() -> None:
+    await asyncio.sleep(0.5)
+
+
+async def _turns_the_cancel_into_another_error() -> None:
+    try:
+        await asyncio.sleep(0.5)
+    except asyncio.CancelledError:
+        raise RuntimeError("connection closed") from None  # as nats-py does inside JetStream calls
+
+
+async def _swallows_the_cancel() -> None:
+    try:
+        await asyncio.sleep(0.5)
+    except asyncio.CancelledError:
+        return  # as asyncio.wait_for can in Python 3.11 when its future completes at that moment
+
+
+@pytest.mark.parametrize("action", [_plain, _turns_the_cancel_into_another_error, _swallows_the_cancel])
+def test_a_cancelled_loop_ends_whatever_its_action_did_with_the_cancel(action):
+    calls, ended = asyncio.run(_run_and_cancel(action))
+    assert ended, "the task was still running 5 s after its cancel"
+    assert calls == 1
+
+
+def test_a_failing_action_is_logged_and_tried_again(caplog):
+    async def main():
+        calls = []
+
+        async def fails():
+            calls.append(1)
+            raise ValueError("boom")
+
+        task = every(0.01, fails, "flaky", log)
+        while len(calls) < 3:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return len(calls)
+
+    with caplog.at_level(logging.ERROR, logger="test"):
+        assert asyncio.run(main()) >= 3
+    assert "flaky failed" in caplog.text and "boom" in caplog.text
