@@ -112,7 +112,7 @@ class RouterService:
 
     async def _take_requests(self) -> None:
         await asyncio.sleep(self.config.startup_wait_s)
-        while True:
+        while not asyncio.current_task().cancelling():  # a swallowed cancel still counts (shared/periodic.py)
             try:
                 requests = await self._intake.fetch()
             except asyncio.CancelledError:
