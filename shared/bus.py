@@ -171,7 +171,7 @@ async def follow_placement(nc: Client, on_value: Callable[[bytes], object], stop
     backoff = 1.0
     # nats-py can turn a cancellation inside a JetStream call into another error, so the loop
     # also checks `stopping` instead of relying on CancelledError alone.
-    while not stopping():
+    while not stopping() and not asyncio.current_task().cancelling():  # a swallowed cancel counts too
         watcher = None
         try:
             kv = await placement_bucket(nc)

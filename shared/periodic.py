@@ -31,3 +31,17 @@ def every(interval_s: float, action: Callable[[], Awaitable[object]], name: str,
                 log.exception("%s failed", name)
 
     return asyncio.create_task(loop(), name=name)
+
+
+async def stop_tasks(tasks, log: logging.Logger, timeout_s: float = 5.0) -> None:
+    """Cancels `tasks` and waits for them, at most `timeout_s`: a task that spent its cancel
+    (see above) somewhere this module does not reach is named and left behind, and the service
+    goes on stopping."""
+    tasks = [t for t in tasks if t is not None]
+    for task in tasks:
+        task.cancel()
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+    for task in pending:
+        log.warning("task %s did not stop within %.0f s of its cancel; going on without it", task.get_name(), timeout_s)

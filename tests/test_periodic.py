@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-from shared.periodic import every
+from shared.periodic import every, stop_tasks
 
 log = logging.getLogger("test")
 
@@ -70,3 +70,34 @@ def test_a_failing_action_is_logged_and_tried_again(caplog):
     with caplog.at_level(logging.ERROR, logger="test"):
         assert asyncio.run(main()) >= 3
     assert "flaky failed" in caplog.text and "boom" in caplog.text
+
+
+def test_stopping_tasks_goes_on_past_one_that_ignores_its_cancel(caplog):
+    async def main():
+        give_up = asyncio.Event()
+
+        async def stubborn():
+            while not give_up.is_set():
+                try:
+                    await asyncio.sleep(10)
+                except asyncio.CancelledError:
+                    continue
+
+        async def polite():
+            await asyncio.sleep(10)
+
+        tasks = [asyncio.create_task(stubborn(), name="stubborn"), asyncio.create_task(polite(), name="polite")]
+        await asyncio.sleep(0)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await stop_tasks(tasks, log, timeout_s=0.2)
+        took, states = loop.time() - started, (tasks[0].done(), tasks[1].cancelled())
+        give_up.set()
+        tasks[0].cancel()
+        await asyncio.gather(tasks[0], return_exceptions=True)
+        return took, states
+
+    with caplog.at_level(logging.WARNING, logger="test"):
+        took, (stubborn_done, polite_cancelled) = asyncio.run(main())
+    assert took < 2 and not stubborn_done and polite_cancelled
+    assert "task stubborn did not stop within 0 s" in caplog.text

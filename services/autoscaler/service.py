@@ -28,7 +28,7 @@ from services.autoscaler.orders import STATE_KEY, decode_state, encode_state, pl
 from services.autoscaler.scaling_config import ScalingConfig
 from services.autoscaler.tick import PlannerState, TickInput
 from shared import bus, subjects
-from shared.periodic import every
+from shared.periodic import every, stop_tasks
 from shared.protocol import Placement, ProtocolError, RouterState, TurnReport, WorkerState, decode, encode
 
 log = logging.getLogger("tokenpool.autoscaler")
@@ -71,9 +71,7 @@ class AutoscalerService:
         return self
 
     async def __aexit__(self, *exc) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await stop_tasks([self._task], log)
         if self.connector is not None:
             await self.connector.close()
         await asyncio.gather(*self._tasks, return_exceptions=True)

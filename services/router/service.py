@@ -26,7 +26,7 @@ from services.router.metrics_http import MetricsServer
 from services.router.policy import RouterPolicy
 from services.router.turn_metrics import TurnMetrics
 from shared import bus, subjects
-from shared.periodic import every
+from shared.periodic import every, stop_tasks
 from shared.tracing import SpanBook
 from shared.catalog import Catalog
 from shared.metrics import Registry
@@ -91,9 +91,7 @@ class RouterService:
         return self
 
     async def __aexit__(self, *exc) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await stop_tasks(self._tasks, log)
         if self._intake is not None:
             await self._guard(self._intake.close(), "stop pulling requests")
             for request_id in self._intake.held:
