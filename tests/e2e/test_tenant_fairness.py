@@ -14,7 +14,7 @@ from .conftest import Stack, run_async, write_catalog
 
 MODEL = "demo-llama"
 BURST = 8
-TOKENS = 30
+TOKENS = 60  # 1.8 s a request at least: the burst is seen queued well before a slot frees
 STEP_S = 0.03
 
 
@@ -47,16 +47,27 @@ def first_token_order(stack: Stack) -> list[str]:
             if chunk.choices and chunk.choices[0].text:
                 firsts.setdefault(name, time.monotonic())
 
-    async def queued_at_the_router() -> int:
+    seen = []
+
+    async def at_the_router() -> int:
         status, body = await asyncio.to_thread(stack.health)
-        return body.get("models", {}).get(MODEL, {}).get("queued", 0) if status == 200 else 0
+        seen.append((status, body.get("models")))
+        load = body.get("models", {}).get(MODEL, {}) if status == 200 else {}
+        return load.get("queued", 0) + load.get("running", 0)
 
     async def main():
         client = AsyncOpenAI(base_url=stack.base_url + "/v1", api_key="unused", max_retries=0, timeout=60)
         try:
             burst = [asyncio.create_task(one(client, f"big{i}", "big")) for i in range(BURST)]
-            while await queued_at_the_router() < BURST - 2:  # two running, the rest queued
-                await asyncio.sleep(0.02)
+            deadline = asyncio.get_running_loop().time() + 10
+            # The router's state (every 0.5 s) shows the whole burst in: two running, six queued.
+            while await at_the_router() < BURST:
+                failed = [t.exception() for t in burst if t.done() and t.exception()]
+                assert not failed, f"burst requests failed: {failed[:2]}"
+                assert asyncio.get_running_loop().time() < deadline, (
+                    f"the burst did not reach the router in 10 s; health said {seen[-3:]}\n{stack.services['router'].log()}"
+                )
+                await asyncio.sleep(0.05)
             await asyncio.gather(one(client, "small", "small"), *burst)
         finally:
             await client.close()
