@@ -4,8 +4,8 @@ router's tenant fairness (services/router/fair_queue.py), simulated on the paper
 The market's own traffic (Aegaeon's synth-N workload) comes from `--tenants` tenants, each
 request from one drawn at random. At `--burst-at` one more tenant sends `--burst` requests at
 once to `--burst-models` of the models (lengths drawn from the workload's). The default pool
-(3 GPUs, 32 requests each: the router service's default) serves the market alone at full
-attainment; the burst overfills it. The same arrivals run with tenant fairness and with plain
+(3 GPUs, 32 requests each: a CPU worker's default, and until 2026-11-22 every worker's) serves
+the market alone at full attainment; the burst overfills it. The same arrivals run with tenant fairness and with plain
 FCFS, and the market alone runs as the reference; the figures are SLO attainment and TTFT of
 the market's requests that arrived from the burst on, and of the burst's.
 
@@ -15,6 +15,7 @@ tokenpool bench fairness --json --out bench/results/fairness-h100-sim.json
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from pathlib import Path
 
 from services.cli.bench_market import PAPER_WORKLOADS
@@ -39,8 +40,8 @@ def register(kinds) -> None:
     p.add_argument("--burst-at", type=float, default=30.0, help="seconds into the workload (default: %(default)s)")
     p.add_argument("--burst-models", type=int, default=4, help="models the burst calls (default: %(default)s)")
     p.add_argument("--slots", type=int, default=32,
-                   help="requests the router lets one GPU hold (the router service's default; the "
-                   "simulator's own is %d, at which a burst rarely queues)" % 256)
+                   help="requests the router lets one GPU hold (default: %(default)s; at the 256 a CUDA "
+                   "worker asks for, this burst never queues)")
     p.add_argument("--max-tenant-share", type=float, default=None,
                    help="also run fairness with this cap on one tenant's share of the slots (router --max-tenant-share)")
     p.add_argument("--seed", type=int, default=0)
@@ -51,8 +52,6 @@ def register(kinds) -> None:
 
 def with_burst(workload, tenants: int, burst: int, burst_at: float, burst_models: int, seed: int):
     """The workload's arrivals, each from one of `tenants` tenants, plus the burst."""
-    from dataclasses import replace
-
     from services.sim.errors import SimError
     from services.sim.workload import make_workload
 
@@ -87,8 +86,6 @@ def _run(args) -> dict:
             runs.append(("capped", True, workload, args.max_tenant_share))
         sides = {}
         for name, fair, arrivals, share in runs:
-            from dataclasses import replace
-
             try:
                 policy = replace(policy_config(cost, "token"), tenant_fairness=fair,
                                  max_running_per_worker=args.slots, max_tenant_share=share)
@@ -145,15 +142,16 @@ def _format(r: dict) -> str:
         if side not in r:
             continue
         for group in ("market_before_burst", "market", "burst"):
-            g = r[side][group]
-            lines.append(f"{side + ' ' + group.replace('_', ' '):22}{g['requests']:>9}{_f(g['attainment']):>12}"
-                         f"{_f(g['strict_attainment']):>8}{_f(g['ttft_p50_s'], 's'):>10}{_f(g['ttft_p99_s'], 's'):>10}")
-    a = r["market_alone"]
-    lines.append(f"{'market alone (no burst)':22}{a['requests']:>9}{_f(a['attainment']):>12}"
-                 f"{_f(a['strict_attainment']):>8}{_f(a['ttft_p50_s'], 's'):>10}{_f(a['ttft_p99_s'], 's'):>10}")
+            lines.append(_row(f"{side} {group.replace('_', ' ')}", r[side][group]))
+    lines.append(_row("market alone (no burst)", r["market_alone"]))
     lines.append(f"market from the burst on: fair / FCFS attainment {r['market_attainment_fair_over_fcfs']}; "
                  f"the burst's own: {r['burst_attainment_fair_over_fcfs']}")
     return "\n".join(lines)
+
+
+def _row(label: str, g: dict) -> str:
+    return (f"{label:22}{g['requests']:>9}{_f(g['attainment']):>12}{_f(g['strict_attainment']):>8}"
+            f"{_f(g['ttft_p50_s'], 's'):>10}{_f(g['ttft_p99_s'], 's'):>10}")
 
 
 def _f(v, unit: str = "") -> str:

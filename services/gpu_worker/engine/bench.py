@@ -120,15 +120,13 @@ class Sections:
         return Sections(into, self.device, self.log, self.save, f"{self.prefix}{key}.", self.failed)
 
     def run(self, key: str, measure) -> None:
-        _release(self.device)
+        _release(self.device)  # the previous section's buffers, before this one allocates its own
         try:
             self.into[key] = measure()
         except Exception as e:  # noqa: BLE001 - recorded in the JSON, and the next section still runs
             self.into[key] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
             self.failed.append(self.prefix + key)
             self.log(f"{self.prefix}{key} failed: {type(e).__name__}: {e}")
-        finally:
-            _release(self.device)
         self.save()
 
 
