@@ -43,6 +43,17 @@ class Sampling:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     logprobs: bool = False
+    top_logprobs: int = 0
+    """With logprobs: also the this-many most likely tokens at each position (0 to 20)."""
+    presence_penalty: float = 0.0
+    """OpenAI's: subtracted from the logit of every token the completion already holds (-2 to 2)."""
+    frequency_penalty: float = 0.0
+    """OpenAI's: subtracted once per time a token already occurs in the completion (-2 to 2)."""
+    repetition_penalty: float = 1.0
+    """CTRL's (vLLM's extension): logits of tokens in the prompt or completion divided by it when
+    positive, multiplied when negative; 1 is off."""
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    """(token id, bias added to its logit), -100 to 100 each."""
 
 
 @dataclass(frozen=True)
@@ -110,7 +121,7 @@ class DrainOrder:
 
 @message
 class GenerateRequest:
-    VERSION: ClassVar[int] = 2
+    VERSION: ClassVar[int] = 3
     id: str
     model: str
     prompt_token_ids: tuple[int, ...]
@@ -133,7 +144,7 @@ class CancelRequest:
 class TokenChunk:
     """Tokens of one request from index on; the last chunk has a finish_reason or an error."""
 
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 2
     request_id: str
     index: int
     token_ids: tuple[int, ...] = ()
@@ -142,6 +153,9 @@ class TokenChunk:
     usage: Usage | None = None
     error: ErrorInfo | None = None
     worker_id: str = ""
+    top_logprobs: tuple[tuple[tuple[int, float], ...], ...] | None = None
+    """Per token of token_ids, the request's top_logprobs most likely (token id, logprob), most
+    likely first; None when the request asked for none."""
 
 
 @message
@@ -150,7 +164,7 @@ class TokenBatch:
     subject, in one message. A gateway reads every request's tokens on one subject of its own, so
     a worker's flush of a step's tokens is one message per gateway, not one per request."""
 
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 2
     chunks: tuple[TokenChunk, ...] = ()
 
 
@@ -158,7 +172,7 @@ class TokenBatch:
 class AssignRequest:
     """Router to worker: serve this request; resume_token_ids were already produced elsewhere."""
 
-    VERSION: ClassVar[int] = 2
+    VERSION: ClassVar[int] = 3
     request: GenerateRequest
     resume_token_ids: tuple[int, ...] = ()
     kv_handoff: str = ""

@@ -69,8 +69,13 @@ def engine_request(msg: AssignRequest, context_length: int | None) -> EngineRequ
         stop_token_ids=tuple(s.stop_token_ids),
         ignore_eos=s.ignore_eos,
         logprobs=s.logprobs,
+        top_logprobs=s.top_logprobs,
+        presence_penalty=s.presence_penalty,
+        frequency_penalty=s.frequency_penalty,
+        repetition_penalty=s.repetition_penalty,
+        logit_bias=tuple(tuple(pair) for pair in s.logit_bias),
     )
-    return EngineRequest(req.id, req.model, prompt, params)
+    return EngineRequest(req.id, req.model, prompt, params, resumed=len(resume))
 
 
 def token_chunk(a: Assignment, out: StepOutput, worker_id: str) -> TokenChunk:
@@ -79,7 +84,8 @@ def token_chunk(a: Assignment, out: StepOutput, worker_id: str) -> TokenChunk:
     a.produced += 1
     usage = Usage(a.prompt_tokens, a.next_index) if out.finish_reason is not None else None
     logprobs = (out.logprob,) if out.logprob is not None else None
-    return TokenChunk(a.request_id, index, (out.token_id,), logprobs, out.finish_reason, usage, None, worker_id)
+    top = (out.top_logprobs,) if out.top_logprobs is not None else None
+    return TokenChunk(a.request_id, index, (out.token_id,), logprobs, out.finish_reason, usage, None, worker_id, top)
 
 
 def finished_chunk(a: Assignment, worker_id: str) -> TokenChunk:

@@ -50,6 +50,7 @@ def _joinable(group: tuple[str, list[TokenChunk]], subject: str, chunk: TokenChu
         and chunk.error is None
         and chunk.index == last.index + len(last.token_ids)
         and (chunk.logprobs is None) == (last.logprobs is None)
+        and (chunk.top_logprobs is None) == (last.top_logprobs is None)
         and chunk.worker_id == last.worker_id
     )
 
@@ -57,10 +58,12 @@ def _joinable(group: tuple[str, list[TokenChunk]], subject: str, chunk: TokenChu
 def _join(parts: list[TokenChunk]) -> TokenChunk:
     first, last = parts[0], parts[-1]
     logprobs = None if first.logprobs is None else tuple(x for p in parts for x in p.logprobs)
+    top = None if first.top_logprobs is None else tuple(x for p in parts for x in p.top_logprobs)
     return replace(
         first,
         token_ids=tuple(t for p in parts for t in p.token_ids),
         logprobs=logprobs,
+        top_logprobs=top,
         finish_reason=last.finish_reason,
         usage=last.usage,
     )

@@ -25,7 +25,7 @@ from services.gpu_worker.engine.config import ModelConfig, load_model_config
 from services.gpu_worker.engine.engine import EngineStats, StepInfo, StepOutput
 from services.gpu_worker.engine.errors import InvalidRequestError, UnknownModelError
 from services.gpu_worker.engine.residency import Tier
-from services.gpu_worker.engine.sequence import EngineRequest
+from services.gpu_worker.engine.sequence import EngineRequest, check_token_ids
 
 ECHO_PAGES = 1 << 16
 """KV pages an echo engine reports (it holds none); each running request counts as one."""
@@ -119,9 +119,7 @@ class EchoEngine:
         prompt = request.prompt_token_ids
         if not prompt:
             raise InvalidRequestError("the prompt is empty")
-        bad = [t for t in prompt if not isinstance(t, int) or not 0 <= t < cfg.vocab_size]
-        if bad:
-            raise InvalidRequestError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {cfg.vocab_size})")
+        check_token_ids(request, cfg.vocab_size)
         if len(prompt) >= cfg.max_position:
             raise InvalidRequestError(
                 f"the prompt has {len(prompt)} tokens; model {request.model!r} has a context window "
@@ -176,7 +174,10 @@ class EchoEngine:
             if reason is not None:
                 del self._seqs[seq.request.request_id]
             logprob = 0.0 if params.logprobs else None  # the echo is certain
-            outputs.append(StepOutput(seq.request.request_id, self.active, token, seq.produced - 1, logprob, reason))
+            top = _top_logprobs(token, params.top_logprobs, cfg.vocab_size) if params.logprobs else None
+            outputs.append(
+                StepOutput(seq.request.request_id, self.active, token, seq.produced - 1, logprob, reason, top)
+            )
         context = sum(len(s.token_ids) - 1 for s in batch)  # the sampled token is not attended yet
         self.last_step = StepInfo(bool(fresh), len(batch), computed, context)
         return outputs
@@ -205,3 +206,10 @@ class EchoEngine:
 
     def close(self) -> None:
         pass
+
+
+def _top_logprobs(token: int, k: int, vocab: int) -> tuple[tuple[int, float], ...] | None:
+    """The echoed token is certain; the next ids stand in as (finite) alternatives."""
+    if k == 0:
+        return None
+    return ((token, 0.0),) + tuple(((token + j) % vocab, -100.0 * j) for j in range(1, k))

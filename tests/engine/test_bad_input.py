@@ -49,6 +49,15 @@ def busy_engine(engine, prompt_ids):
         (dict(seed=-1), "seed"),
         (dict(stop=("",)), "stop"),
         (dict(stop_token_ids=(-2,)), "stop_token_ids"),
+        (dict(top_logprobs=21), "top_logprobs"),
+        (dict(top_logprobs=-1), "top_logprobs"),
+        (dict(presence_penalty=2.5), "presence_penalty"),
+        (dict(frequency_penalty=float("inf")), "frequency_penalty"),
+        (dict(repetition_penalty=0.0), "repetition_penalty"),
+        (dict(repetition_penalty=3.0), "repetition_penalty"),
+        (dict(logit_bias=((5, 101.0),)), "logit_bias"),
+        (dict(logit_bias=((5, 1.0), (5, 2.0))), "logit_bias"),
+        (dict(logit_bias=((-1, 1.0),)), "logit_bias"),
     ],
 )
 def test_out_of_range_sampling_values_are_refused_by_name(busy_engine, prompt_ids, params, names):
@@ -86,6 +95,10 @@ def test_empty_prompt_out_of_vocab_ids_and_duplicate_ids(busy_engine, prompt_ids
         busy_engine.add_request(EngineRequest("e", MODEL, ()))
     with pytest.raises(InvalidRequestError, match=r"outside the vocabulary \[0, 49152\)"):
         busy_engine.add_request(EngineRequest("v", MODEL, (1, 2, 10**6)))
+    with pytest.raises(InvalidRequestError, match=r"logit_bias token ids \[49152\] are outside the vocabulary"):
+        busy_engine.add_request(EngineRequest("b", MODEL, (1, 2), SamplingParams(logit_bias=((3, 1.0), (49152, 1.0)))))
+    with pytest.raises(InvalidRequestError, match="resumed=2 must leave at least one prompt token"):
+        busy_engine.add_request(EngineRequest("r", MODEL, (1, 2), resumed=2))
     with pytest.raises(InvalidRequestError, match="'busy' is already in use"):
         busy_engine.add_request(EngineRequest("busy", MODEL, prompt_ids[0]))
     _drain_and_check(busy_engine, prompt_ids)

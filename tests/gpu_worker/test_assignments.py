@@ -32,6 +32,21 @@ def test_indices_and_usage_of_a_resumed_request_continue_from_the_resumed_tokens
     assert last.usage == Usage(prompt_tokens=3, completion_tokens=5)
 
 
+def test_every_sampling_value_reaches_the_engine_and_a_resumed_request_says_how_many_tokens_are_its_own():
+    sampling = Sampling(
+        max_tokens=10, temperature=0.5, logprobs=True, top_logprobs=4, presence_penalty=0.5,
+        frequency_penalty=-0.25, repetition_penalty=1.1, logit_bias=((5, -100.0), (9, 2.5)),
+    )
+    msg = AssignRequest(GenerateRequest("r1", "demo-llama", (1, 2, 3), sampling, "tp.tokens.r1"), (7, 8))
+    request = engine_request(msg, context_length=None)
+    p = request.params
+    assert (p.logprobs, p.top_logprobs, p.presence_penalty, p.frequency_penalty) == (True, 4, 0.5, -0.25)
+    assert (p.repetition_penalty, p.logit_bias, request.resumed) == (1.1, ((5, -100.0), (9, 2.5)), 2)
+    top = ((42, -0.1), (7, -2.5))
+    chunk = token_chunk(assignment(msg), StepOutput("r1", "demo-llama", 42, 0, -0.1, None, top), "w1")
+    assert (chunk.index, chunk.logprobs, chunk.top_logprobs) == (2, (-0.1,), (top,))
+
+
 def test_a_request_whose_resumed_tokens_reached_max_tokens_just_ends():
     msg = assign(max_tokens=3, resume=(7, 8, 9))
     assert engine_request(msg, None) is None

@@ -31,6 +31,19 @@ def test_logprobs_join_with_their_tokens():
     assert [(c.token_ids, c.logprobs) for _, c in out] == [((10, 11), (-0.5, -1.5))]
 
 
+def test_top_logprobs_join_with_their_tokens_and_never_with_chunks_without():
+    def top(request, index, token, alternatives):
+        return TokenChunk(request, index, (token,), (-0.5,), None, None, None, "w", (alternatives,))
+
+    first, second = top("a", 0, 10, ((10, -0.5), (3, -2.0))), top("a", 1, 11, ((11, -0.5), (4, -1.0)))
+    out = coalesce([(A, first), (A, second), (A, tok("a", 2, 12, logprob=-0.5))])
+
+    assert [(c.token_ids, c.top_logprobs) for _, c in out] == [
+        ((10, 11), (((10, -0.5), (3, -2.0)), ((11, -0.5), (4, -1.0)))),
+        ((12,), None),
+    ]
+
+
 def test_an_error_a_gap_or_anything_after_the_last_chunk_is_never_joined():
     error = TokenChunk("a", 2, error=ErrorInfo(500, "server_error", "boom"), worker_id="w")
     chunks = [(A, tok("a", 0, 10)), (A, tok("a", 1, 11)), (A, error)]

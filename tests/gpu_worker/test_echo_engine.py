@@ -75,6 +75,16 @@ def test_bad_requests_get_the_real_engines_errors(engine):
         engine.add_request(EngineRequest("x", "nope", (1,), SamplingParams()))
 
 
+def test_the_echo_is_certain_and_its_top_logprobs_are_finite(engine):
+    engine.activate("demo-llama")
+    params = SamplingParams(max_tokens=1, logprobs=True, top_logprobs=3)
+    engine.add_request(EngineRequest("t", "demo-llama", (5, 49151), params))
+    (out,) = engine.step()
+    assert (out.token_id, out.logprob, out.top_logprobs) == (5, 0.0, ((5, 0.0), (6, -100.0), (7, -200.0)))
+    with pytest.raises(InvalidRequestError, match=r"logit_bias token ids \[60000\] are outside the vocabulary"):
+        engine.add_request(EngineRequest("b", "demo-llama", (1,), SamplingParams(logit_bias=((60000, 1.0),))))
+
+
 def test_the_config_names_the_engines_it_knows():
     with pytest.raises(ValueError, match="engine 'fast' is not one of torch, echo"):
         WorkerConfig(engine="fast")

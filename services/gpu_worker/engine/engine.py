@@ -46,9 +46,9 @@ from .memory import Copier, DeviceArena, HostSwapArea, copy_pages
 from .model import DecoderModel, projection_weights
 from .residency import ModelSlot, Tier
 from .runner import run_batch
-from .sampler import sample
+from .sampler import Sampled, sample
 from .scheduler import Scheduler, pages_needed
-from .sequence import EngineRequest, Sequence, SeqState
+from .sequence import EngineRequest, Sequence, SeqState, check_token_ids
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,8 @@ class StepOutput:
     logprob: float | None
     finish_reason: str | None
     """None while the request goes on; "stop" or "length" on its last token."""
+    top_logprobs: tuple[tuple[int, float], ...] | None = None
+    """The most likely (token id, logprob) at this position, when the request asked for them."""
 
 
 @dataclass(frozen=True)
@@ -226,10 +228,7 @@ class Engine:
         prompt = request.prompt_token_ids
         if not prompt:
             raise InvalidRequestError("the prompt is empty")
-        vocab = slot.cfg.vocab_size
-        bad = [t for t in prompt if not isinstance(t, int) or not 0 <= t < vocab]
-        if bad:
-            raise InvalidRequestError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {vocab})")
+        check_token_ids(request, slot.cfg.vocab_size)
         if len(prompt) >= slot.cfg.max_position:
             raise InvalidRequestError(
                 f"the prompt has {len(prompt)} tokens; model {request.model!r} has a context window "
@@ -292,27 +291,29 @@ class Engine:
         if not samplers:  # a prefill chunk: nothing reads the logits, so wait here, or the
             self.synchronize()  # caller's step time would be the launch time alone (CUDA)
             return []
-        token_ids, logprobs = sample(logits, samplers)
-        return self._append(slot, samplers, token_ids, logprobs)
+        return self._append(slot, samplers, sample(logits, samplers))
 
     def _has_work_among(self, only: set[str] | None) -> bool:
         if only is None:
             return self.has_work(self.active)
         return any((s := self._seqs.get(r)) is not None and s.model == self.active for r in only)
 
-    def _append(self, slot: ModelSlot, seqs, token_ids, logprobs) -> list[StepOutput]:
+    def _append(self, slot: ModelSlot, seqs, sampled: Sampled) -> list[StepOutput]:
         outputs = []
-        for i, (seq, token) in enumerate(zip(seqs, token_ids)):
+        for i, (seq, token) in enumerate(zip(seqs, sampled.token_ids)):
             seq.token_ids.append(token)
-            logprob = logprobs[i] if logprobs is not None and seq.params.logprobs else None
-            if logprob is not None:
+            logprob = top = None
+            if seq.params.logprobs:
+                logprob = sampled.logprobs[i]
                 seq.output_logprobs.append(logprob)
+                if seq.params.top_logprobs:
+                    top = sampled.top_logprobs[i]
             reason = self._finish_reason(slot, seq, token)
             if reason is not None:
                 self.scheduler.finish(seq, reason)
                 del self._seqs[seq.request_id]
             outputs.append(
-                StepOutput(seq.request_id, seq.model, token, len(seq.output_ids) - 1, logprob, reason)
+                StepOutput(seq.request_id, seq.model, token, len(seq.output_ids) - 1, logprob, reason, top)
             )
         return outputs
 

@@ -19,6 +19,7 @@ class Completion:
     model: str
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
+    top_logprobs: list[tuple[tuple[int, float], ...]] = field(default_factory=list)
     finish_reason: str | None = None
     ttft_s: float | None = None
     elapsed_s: float = 0.0
@@ -50,6 +51,8 @@ def run_to_completion(
                 c.token_ids.append(out.token_id)
                 if out.logprob is not None:
                     c.logprobs.append(out.logprob)
+                if out.top_logprobs is not None:
+                    c.top_logprobs.append(out.top_logprobs)
                 now = time.perf_counter() - start
                 if c.ttft_s is None:
                     c.ttft_s = now

@@ -25,6 +25,14 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     logprobs: bool = False
+    top_logprobs: int = 0
+    """With logprobs: also this many most likely tokens at each position."""
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    """1 is off; see shared.protocol.Sampling for all three."""
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    """(token id, added to its logit) pairs."""
 
     def validate(self) -> None:
         def bad(field_name: str, why: str):
@@ -45,10 +53,29 @@ class SamplingParams:
             bad("stop", "every stop string must be a non-empty string")
         if any(not isinstance(t, int) or t < 0 for t in self.stop_token_ids):
             bad("stop_token_ids", "must be non-negative integers")
+        if not isinstance(self.top_logprobs, int) or not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
+            bad("top_logprobs", f"must be an integer from 0 to {MAX_TOP_LOGPROBS}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not _finite(getattr(self, name)) or not -2 <= getattr(self, name) <= 2:
+                bad(name, "must be between -2 and 2")
+        if not _finite(self.repetition_penalty) or not 0 < self.repetition_penalty <= 2:
+            bad("repetition_penalty", "must be in (0, 2] (1 is off)")
+        ids = [t for t, _ in self.logit_bias]
+        if any(not isinstance(t, int) or isinstance(t, bool) or t < 0 for t in ids) or len(set(ids)) != len(ids):
+            bad("logit_bias", "token ids must be distinct non-negative integers")
+        if any(not _finite(b) or not -100 <= b <= 100 for _, b in self.logit_bias):
+            bad("logit_bias", "each bias must be between -100 and 100")
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+    @property
+    def adjusts_logits(self) -> bool:
+        return bool(self.presence_penalty or self.frequency_penalty or self.logit_bias) or self.repetition_penalty != 1.0
+
+
+MAX_TOP_LOGPROBS = 20
 
 
 def _finite(x) -> bool:
@@ -61,6 +88,21 @@ class EngineRequest:
     model: str
     prompt_token_ids: tuple[int, ...]
     params: SamplingParams = SamplingParams()
+    resumed: int = 0
+    """How many of prompt_token_ids, at their end, are the request's own earlier output (it
+    moved here from another worker): the penalties count them as completion."""
+
+
+def check_token_ids(request: EngineRequest, vocab: int) -> None:
+    """Raises InvalidRequestError for a prompt or logit_bias token id outside the vocabulary."""
+    bad = [t for t in request.prompt_token_ids if not isinstance(t, int) or not 0 <= t < vocab]
+    if bad:
+        raise InvalidRequestError(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {vocab})")
+    bad = [t for t, _ in request.params.logit_bias if t >= vocab]
+    if bad:
+        raise InvalidRequestError(f"logit_bias token ids {bad[:5]} are outside the vocabulary [0, {vocab})")
+    if not isinstance(request.resumed, int) or not 0 <= request.resumed < len(request.prompt_token_ids):
+        raise InvalidRequestError(f"resumed={request.resumed!r} must leave at least one prompt token")
 
 
 class SeqState(enum.Enum):
@@ -112,6 +154,11 @@ class Sequence:
     @property
     def output_ids(self) -> list[int]:
         return self.token_ids[self.num_prompt :]
+
+    @property
+    def completion_ids(self) -> list[int]:
+        """The whole completion so far, with tokens produced before a move."""
+        return self.token_ids[self.num_prompt - self.request.resumed :]
 
     @property
     def num_uncached(self) -> int:
