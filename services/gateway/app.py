@@ -10,6 +10,7 @@ from aiohttp import web
 from services.gateway.core import GatewayCore
 from services.gateway.errors import ApiError, api_error
 from services.gateway.generation import serve_generation
+from services.gateway.models import ServedModel, find_model
 from services.gateway.openai_schema import parse_chat, parse_completion, parse_json_body
 from shared.metrics import CONTENT_TYPE
 
@@ -17,7 +18,7 @@ log = logging.getLogger("tokenpool.gateway")
 
 CORE = web.AppKey("core", GatewayCore)
 ERROR_CODE = web.ResponseKey("error_code", str)
-ROUTES = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/metrics")
+ROUTES = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/v1/models/{model}", "/health", "/metrics")
 
 
 def build_app(core: GatewayCore) -> web.Application:
@@ -26,6 +27,7 @@ def build_app(core: GatewayCore) -> web.Application:
     app.router.add_post("/v1/completions", _completions)
     app.router.add_post("/v1/chat/completions", _chat)
     app.router.add_get("/v1/models", _models)
+    app.router.add_get("/v1/models/{model:.+}", _model)  # a model's name may hold a slash
     app.router.add_get("/health", _health)
     app.router.add_get("/metrics", _metrics)
     return app
@@ -46,12 +48,16 @@ async def _chat(request: web.Request) -> web.StreamResponse:
 
 
 async def _models(request: web.Request) -> web.Response:
-    models = request.app[CORE].models.values()
-    data = [
-        {"id": m.name, "object": "model", "created": 0, "owned_by": "tokenpool", "max_model_len": m.context_window}
-        for m in models
-    ]
+    data = [_model_object(m) for m in request.app[CORE].models.values()]
     return web.json_response({"object": "list", "data": data})
+
+
+async def _model(request: web.Request) -> web.Response:
+    return web.json_response(_model_object(find_model(request.app[CORE].models, request.match_info["model"])))
+
+
+def _model_object(m: ServedModel) -> dict:
+    return {"id": m.name, "object": "model", "created": 0, "owned_by": "tokenpool", "max_model_len": m.context_window}
 
 
 async def _health(request: web.Request) -> web.Response:
@@ -67,7 +73,7 @@ async def _metrics(request: web.Request) -> web.Response:
 @web.middleware
 async def _errors_and_metrics(request: web.Request, handler) -> web.StreamResponse:
     metrics = request.app[CORE].metrics
-    endpoint = request.path if request.path in ROUTES else "other"
+    endpoint = _endpoint(request)
     try:
         response = await handler(request)
     except ApiError as e:
@@ -86,6 +92,14 @@ async def _errors_and_metrics(request: web.Request, handler) -> web.StreamRespon
     if response.status >= 400:
         metrics.errors.inc(status=str(response.status), code=response.get(ERROR_CODE) or "none")
     return response
+
+
+def _endpoint(request: web.Request) -> str:
+    """The route a request took, as the requests counter labels it."""
+    if request.path in ROUTES:
+        return request.path
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None and resource.canonical in ROUTES else "other"
 
 
 def _error_response(e: ApiError) -> web.Response:

@@ -1,4 +1,4 @@
-"""Serving one generation request: submit it, read its tokens, answer with JSON or SSE."""
+"""Serving one generation request: submit its choices, read their tokens, answer with JSON or SSE."""
 
 from __future__ import annotations
 
@@ -6,18 +6,20 @@ import time
 from collections.abc import AsyncIterator
 
 from aiohttp import web
-from opentelemetry.trace import Span
 
+from services.gateway.answers import CollectedAnswer, StreamedAnswer
+from services.gateway.choice_feed import choice_updates
+from services.gateway.choices import Choice, plan_choices, sampling_of
 from services.gateway.core import GatewayCore
 from services.gateway.errors import ApiError
+from services.gateway.fanout import Batch, fan_out
 from services.gateway.models import ServedModel, find_model
 from services.gateway.openai_schema import GenerationSpec, resolve_max_tokens
 from services.gateway.responses import DONE, ResponseHead, new_request_id, sse
-from services.gateway.stream import TextStream, Update
-from services.gateway.upstream import TokenFeed, error_from_info
-from services.router.slo.attainment import RequestSlo, request_slo
+from services.gateway.stream import Update
+from services.gateway.upstream import error_from_info
+from shared.protocol import GenerateRequest
 from shared.tracing import tracer
-from shared.protocol import GenerateRequest, Sampling
 
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -25,127 +27,82 @@ SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
 async def serve_generation(request: web.Request, core: GatewayCore, spec: GenerationSpec) -> web.StreamResponse:
     started = core.clock()
     model = find_model(core.models, spec.model)
-    prompt = model.prompt_ids(spec)
-    max_tokens = resolve_max_tokens(spec, len(prompt), model.context_window)
+    prompts = model.prompt_ids(spec)
+    model.check_logit_bias(spec.logit_bias)
+    many = len(prompts) > 1
+    budgets = [
+        resolve_max_tokens(spec, len(p), model.context_window, f"prompt[{i}]" if many else "")
+        for i, p in enumerate(prompts)
+    ]
     health = core.watch.check(started)
     if not health.ok:
         raise health.problem
     head = ResponseHead(new_request_id(spec.endpoint), spec.endpoint, int(time.time()), spec.model)
-    sampling = Sampling(
-        max_tokens=max_tokens,
-        temperature=spec.temperature,
-        top_p=spec.top_p,
-        top_k=spec.top_k,
-        seed=spec.seed,
-        stop=spec.stop,
-        ignore_eos=spec.ignore_eos,
-        logprobs=spec.logprobs,
+    base = GenerateRequest(
+        head.id, model.name, (), sampling_of(spec), core.upstream.inbox, model.entry.slo_class, time.time(), spec.tenant
     )
-    generate = GenerateRequest(
-        head.id, model.name, prompt, sampling, core.upstream.inbox, model.entry.slo_class, time.time(), spec.tenant
-    )
-    text = TextStream(model.tokenizer, spec.stop, prompt)
+    echoes = [model.prompt_text(p) for p in spec.prompts] if spec.echo else ()
+    choices = plan_choices(base, prompts, budgets, spec.n, echoes)
     attributes = {"request.id": head.id, "model": model.name, "endpoint": spec.endpoint, "stream": spec.stream}
+    if len(choices) > 1:
+        attributes["choices"] = len(choices)
     with tracer().start_as_current_span("gateway.request", attributes=attributes) as span:
-        async with core.upstream.generate(generate) as feed:
-            updates = _updates(core, model, feed, text, started, span)
-            if spec.stream:
-                return await _stream(request, core, spec, head, model, updates)
-            return await _collect(spec, head, model, updates)
+        if len(choices) > 1:
+            async with fan_out(core, model, choices, started) as batches:
+                return await _answer(request, core, spec, head, model, choices, batches)
+        # A lone choice needs no task of its own: the handler reads its tokens.
+        choice = choices[0]
+        async with core.upstream.generate(choice.request) as feed:
+            batches = _one_by_one(choice.index, choice_updates(core, model, choice, feed, started, span))
+            return await _answer(request, core, spec, head, model, choices, batches)
 
 
-async def _updates(
-    core: GatewayCore, model: ServedModel, feed: TokenFeed, text: TextStream, started: float, span: Span
-) -> AsyncIterator[Update]:
-    last = None
-    token_times: list[float] = []  # when each token, by index, was ready to go to the client
-    held = None  # an error that arrived in a batch: it goes out after the tokens before it
-    while True:
-        update, held = held or text.push(await feed.next_chunk()), None
-        # Chunks that queued up behind this one go out with it: one SSE event and one socket
-        # write for the lot instead of one per token, which is what lets a busy gateway catch up.
-        while not update.finished and (chunk := feed.ready_chunk()) is not None:
-            later = text.push(chunk)
-            if later.error is not None:
-                held = later
-                break
-            update.extend(later)
-        if update.token_ids:
-            now = core.clock()
-            if last is None:
-                core.metrics.ttft.observe(now - started, model=model.name)
-                if len(update.token_ids) > 1:  # tokens that came with the first arrived together
-                    core.metrics.token_latency.observe(0.0, model=model.name)
-            else:
-                core.metrics.token_latency.observe((now - last) / len(update.token_ids), model=model.name)
-            last = now
-            token_times += [now] * len(update.token_ids)
-            core.metrics.tokens_out.inc(len(update.token_ids), model=model.name)
-        if update.stopped_early:
-            feed.cancel_reason = "stop string reached"
-        elif update.finished:
-            feed.finished = True
-        if not (update.token_ids or update.finished):
-            continue  # a chunk that arrived ahead of its turn: nothing to show yet
-        if update.finish_reason is not None and token_times:
-            _record_slo(core, model, span, request_slo(started, token_times, model.slo.ttft_s, model.slo.tbt_s))
-        yield update
-        if update.finished:
-            return
-
-
-def _record_slo(core: GatewayCore, model: ServedModel, span: Span, slo: RequestSlo) -> None:
-    """Counts a completed request against its model's SLO class, on /metrics and on its span."""
-    core.metrics.observe_request_slo(model.name, slo)
-    attributes = {"ttft_s": slo.ttft_s, "slo_attainment": slo.attainment, "slo_strict": slo.strict}
-    if slo.mean_tbt_s is not None:
-        attributes["mean_tbt_s"] = slo.mean_tbt_s
-    span.set_attributes(attributes)
-
-
-async def _collect(spec: GenerationSpec, head: ResponseHead, model: ServedModel, updates) -> web.Response:
-    parts, token_ids, logprobs = [], [], []
+async def _one_by_one(index: int, updates: AsyncIterator[Update]) -> AsyncIterator[Batch]:
     async for update in updates:
-        if update.error is not None:
-            raise error_from_info(update.error)
-        parts.append(update.text)
-        token_ids += update.token_ids
-        logprobs += update.logprobs
-        last = update
-    chosen = head.logprobs(token_ids, logprobs, model.token_text) if spec.logprobs else None
-    return web.json_response(head.response("".join(parts), last.finish_reason, last.usage, chosen))
+        yield [(index, update)]
+
+
+async def _answer(
+    request: web.Request, core: GatewayCore, spec: GenerationSpec, head: ResponseHead, model: ServedModel,
+    choices: list[Choice], batches: AsyncIterator[Batch],
+) -> web.StreamResponse:
+    if spec.stream:
+        return await _stream(request, core, StreamedAnswer(head, choices, spec, model.token_text), batches)
+    return await _collect(CollectedAnswer(head, choices, spec, model.token_text), batches)
+
+
+async def _collect(answer: CollectedAnswer, batches: AsyncIterator[Batch]) -> web.Response:
+    async for batch in batches:
+        for index, update in batch:
+            if update.error is not None:
+                raise error_from_info(update.error)
+            answer.add(index, update)
+    return web.json_response(answer.body())
 
 
 async def _stream(
-    request: web.Request, core: GatewayCore, spec: GenerationSpec, head: ResponseHead, model: ServedModel, updates
+    request: web.Request, core: GatewayCore, answer: StreamedAnswer, batches: AsyncIterator[Batch]
 ) -> web.StreamResponse:
     response = None
-    sent_chars = 0
     try:
-        async for update in updates:
-            if update.error is not None:
-                raise error_from_info(update.error)
+        async for batch in batches:
+            events, failed = [], None  # events are written at once: one socket write per batch
+            for index, update in batch:
+                if update.error is not None:
+                    failed = error_from_info(update.error)
+                    break
+                events += answer.events(index, update)
             if response is None:  # headers wait for the first token, so an early error keeps its status
+                if failed is not None:
+                    raise failed
                 response = web.StreamResponse(headers=SSE_HEADERS)
                 await response.prepare(request)
-                if (opener := head.first_chunk()) is not None:
-                    await response.write(sse(opener))
-            chosen = None
-            if spec.logprobs and update.token_ids:
-                chosen = head.logprobs(update.token_ids, update.logprobs, model.token_text, sent_chars)
-            events = []  # written at once: one socket write per update
-            if update.text or chosen:
-                events.append(sse(head.delta_chunk(update.text, None, chosen)))
-                sent_chars += len(update.text)
-            if update.finish_reason is not None:
-                events.append(sse(head.delta_chunk("", update.finish_reason, None)))
-                if spec.include_usage:
-                    events.append(sse(head.usage_chunk(update.usage)))
-                events.append(DONE)
-            if update.finish_reason is not None:
+            if answer.done:
                 await response.write_eof(b"".join(events))  # the last events and the body's end: one write
             elif events:
                 await response.write(b"".join(events))
+            if failed is not None:
+                raise failed
     except ApiError as e:
         if response is None:
             raise

@@ -11,9 +11,13 @@ from dataclasses import dataclass
 
 from services.gateway.errors import invalid
 from services.gateway.schema_fields import Fields, json_type
+from services.gateway.schema_inputs import Prompt, parse_messages, parse_prompts
 
-ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 MAX_COMPLETION_LOGPROBS = 5
+MAX_TOP_LOGPROBS = 20
+MAX_CHOICES = 128
+"""Of one request: its prompts times n."""
+PENALTY_RANGE = 2.0
 
 
 @dataclass(frozen=True)
@@ -23,8 +27,8 @@ class GenerationSpec:
     endpoint: str
     """"completions" or "chat"."""
     model: str
-    prompt: str | tuple[int, ...] | None
-    """Completions: text or token ids."""
+    prompts: tuple[Prompt, ...] | None
+    """Completions: one or more prompts, each text or token ids."""
     messages: tuple[dict, ...] | None
     """Chat: {"role", "content"} with content flattened to text."""
     max_tokens: int | None
@@ -37,9 +41,20 @@ class GenerationSpec:
     stream: bool = False
     include_usage: bool = False
     logprobs: bool = False
+    top_logprobs: int = 0
+    """With logprobs: the this-many most likely tokens at each position too."""
     ignore_eos: bool = False
     tenant: str = ""
     """OpenAI's `user`: who asked. A full pool is shared fairly among tenants (router)."""
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    """(token id, bias) by id; the ids are checked against the model's vocabulary later."""
+    n: int = 1
+    """Choices per prompt."""
+    echo: bool = False
+    """Completions: each choice's text starts with its prompt."""
 
 
 def parse_json_body(raw: bytes) -> dict:
@@ -61,29 +76,33 @@ def _refuse_constant(name: str):
 def parse_completion(body: dict) -> GenerationSpec:
     f = Fields(body)
     model = _model(f)
-    prompt = _prompt(f.required("prompt"))
-    f.refuse_unless("echo", lambda v: v is False, "the prompt is never echoed back")
+    prompts = parse_prompts(f.required("prompt"))
+    n = _n(f, len(prompts))
     f.refuse_unless("suffix", lambda v: v == "", "insertion (suffix) is not implemented")
-    f.refuse_unless("best_of", lambda v: _is_number(v) and v == 1, "only best_of=1 is implemented")
-    logprobs = f.integer("logprobs", None, 0, MAX_COMPLETION_LOGPROBS)
+    f.refuse_unless("best_of", lambda v: _is_number(v) and v == n, f"only best_of equal to n ({n}) is implemented")
+    # logprobs=k: the chosen token's logprob and the k most likely, at each position.
+    top = f.integer("logprobs", None, 0, MAX_COMPLETION_LOGPROBS)
+    echo = f.boolean("echo")
+    if echo and top is not None:
+        raise invalid("'echo' with 'logprobs' is not supported: the prompt's logprobs are not returned", "echo")
     return GenerationSpec(
-        "completions", model, prompt, None, f.integer("max_tokens", 16, 1), logprobs=logprobs is not None,
-        **_sampling(f),
+        "completions", model, prompts, None, f.integer("max_tokens", 16, 1), logprobs=top is not None,
+        top_logprobs=top or 0, n=n, echo=echo, **_sampling(f),
     )
 
 
 def parse_chat(body: dict) -> GenerationSpec:
     f = Fields(body)
     model = _model(f)
-    messages = _messages(f.required("messages"))
+    messages = parse_messages(f.required("messages"))
     if f.present("max_completion_tokens"):
         max_tokens = f.integer("max_completion_tokens", None, 1)
     else:
         max_tokens = f.integer("max_tokens", None, 1)
     logprobs = f.boolean("logprobs")
-    top_logprobs = f.integer("top_logprobs", 0, 0, 20)
-    if top_logprobs:
-        raise invalid("'top_logprobs' > 0 is not supported: only the chosen token's logprob is returned", "top_logprobs")
+    top = f.integer("top_logprobs", 0, 0, MAX_TOP_LOGPROBS)
+    if top and not logprobs:
+        raise invalid("'top_logprobs' requires 'logprobs' to be true", "top_logprobs")
     f.refuse_unless("tools", lambda v: v == [], "tool calling is not implemented")
     f.refuse_unless("functions", lambda v: v == [], "function calling is not implemented")
     f.refuse_unless(
@@ -91,14 +110,22 @@ def parse_chat(body: dict) -> GenerationSpec:
         lambda v: isinstance(v, dict) and v.get("type") == "text",
         'only {"type": "text"} is implemented',
     )
-    return GenerationSpec("chat", model, None, messages, max_tokens, logprobs=logprobs, **_sampling(f))
+    return GenerationSpec(
+        "chat", model, None, messages, max_tokens, logprobs=logprobs, top_logprobs=top, n=_n(f, 1), **_sampling(f)
+    )
+
+
+def _n(f: Fields, prompts: int) -> int:
+    n = f.integer("n", 1, 1, MAX_CHOICES)
+    if prompts * n > MAX_CHOICES:
+        raise invalid(
+            f"{prompts} prompts with n={n} make {prompts * n} choices; a request makes at most {MAX_CHOICES}",
+            "n" if n > 1 else "prompt",
+        )
+    return n
 
 
 def _sampling(f: Fields) -> dict:
-    f.refuse_unless("n", lambda v: _is_number(v) and v == 1, "only n=1 is implemented; send one request per choice")
-    for penalty in ("presence_penalty", "frequency_penalty"):
-        f.refuse_unless(penalty, lambda v: _is_number(v) and v == 0, "penalties are not implemented")
-    f.refuse_unless("logit_bias", lambda v: v == {}, "logit_bias is not implemented")
     stream = f.boolean("stream")
     return dict(
         tenant=_tenant(f),
@@ -110,6 +137,10 @@ def _sampling(f: Fields) -> dict:
         stream=stream,
         include_usage=f.stream_options(stream),
         ignore_eos=f.boolean("ignore_eos"),
+        presence_penalty=f.number("presence_penalty", 0.0, -PENALTY_RANGE, PENALTY_RANGE),
+        frequency_penalty=f.number("frequency_penalty", 0.0, -PENALTY_RANGE, PENALTY_RANGE),
+        repetition_penalty=f.number("repetition_penalty", 1.0, 0.0, PENALTY_RANGE, lo_open=True),
+        logit_bias=f.logit_bias(),
     )
 
 
@@ -134,72 +165,19 @@ def _model(f: Fields) -> str:
     return model
 
 
-def _prompt(value) -> str | tuple[int, ...]:
-    # OpenAI accepts a string, a token array, or a batch of either; one prompt per request here.
-    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], (str, list)):
-        value = value[0]
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list) and value and all(isinstance(t, int) and not isinstance(t, bool) for t in value):
-        if any(t < 0 for t in value):
-            raise invalid("'prompt' token ids must be non-negative integers", "prompt")
-        return tuple(value)
-    if isinstance(value, list) and len(value) > 1 and all(isinstance(p, (str, list)) for p in value):
-        raise invalid(f"'prompt' holds {len(value)} prompts; send one prompt per request", "prompt")
-    if value == []:
-        raise invalid("'prompt' must not be empty", "prompt")
-    raise invalid(f"'prompt' must be a string or an array of token ids, got {json_type(value)}", "prompt")
+def resolve_max_tokens(spec: GenerationSpec, prompt_tokens: int, context_window: int, which: str = "") -> int:
+    """The completion budget; a prompt plus max_tokens beyond the window is a 400 naming both.
 
-
-def _messages(value) -> tuple[dict, ...]:
-    if not isinstance(value, list):
-        raise invalid(f"'messages' must be an array, got {json_type(value)}", "messages")
-    if not value:
-        raise invalid("'messages' must contain at least one message", "messages")
-    return tuple(_message(i, m) for i, m in enumerate(value))
-
-
-def _message(i: int, m) -> dict:
-    where = f"messages[{i}]"
-    if not isinstance(m, dict):
-        raise invalid(f"'{where}' must be an object, got {json_type(m)}", where)
-    role = m.get("role")
-    if role not in ROLES:
-        shown = role if isinstance(role, str) else json_type(role)
-        raise invalid(f"'{where}.role' must be one of system, developer, user, assistant, got {shown!r}", f"{where}.role")
-    return {"role": ROLES[role], "content": _content(where, m.get("content"))}
-
-
-def _content(where: str, content) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        texts = []
-        for j, part in enumerate(content):
-            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                kind = part.get("type") if isinstance(part, dict) else json_type(part)
-                raise invalid(
-                    f"'{where}.content[{j}]' must be {{\"type\": \"text\", \"text\": string}} (got {kind!r}); "
-                    "only text content is supported",
-                    f"{where}.content",
-                )
-            texts.append(part["text"])
-        return "".join(texts)
-    raise invalid(
-        f"'{where}.content' must be a string or an array of text parts, got {json_type(content)}", f"{where}.content"
-    )
-
-
-def resolve_max_tokens(spec: GenerationSpec, prompt_tokens: int, context_window: int) -> int:
-    """The completion budget; a prompt plus max_tokens beyond the window is a 400 naming both."""
-    prompt_param = "messages" if spec.endpoint == "chat" else "prompt"
+    `which` names the prompt in the message when a request has several ("prompt[2]")."""
+    param = "messages" if spec.endpoint == "chat" else "prompt"
+    which = which or param
     if prompt_tokens == 0:
-        raise invalid(f"'{prompt_param}' is empty after tokenization; send at least one token", prompt_param)
+        raise invalid(f"'{which}' is empty after tokenization; send at least one token", param)
     if prompt_tokens >= context_window:
         raise invalid(
-            f"this model's maximum context length is {context_window} tokens, but the {prompt_param} has "
+            f"this model's maximum context length is {context_window} tokens, but the {which} has "
             f"{prompt_tokens} tokens and no room is left for the completion; shorten it",
-            prompt_param,
+            param,
             "context_length_exceeded",
         )
     if spec.max_tokens is None:
@@ -207,7 +185,7 @@ def resolve_max_tokens(spec: GenerationSpec, prompt_tokens: int, context_window:
     if prompt_tokens + spec.max_tokens > context_window:
         raise invalid(
             f"this model's maximum context length is {context_window} tokens, but you requested "
-            f"{prompt_tokens + spec.max_tokens} tokens ({prompt_tokens} in the {prompt_param}, {spec.max_tokens} "
+            f"{prompt_tokens + spec.max_tokens} tokens ({prompt_tokens} in the {which}, {spec.max_tokens} "
             f"for the completion); lower max_tokens to at most {context_window - prompt_tokens}",
             "max_tokens",
             "context_length_exceeded",

@@ -8,6 +8,9 @@ from services.gateway.errors import invalid
 
 MAX_STOP_STRINGS = 4
 SEED_LIMIT = 2**63
+MAX_LOGIT_BIAS_ENTRIES = 300
+"""OpenAI's limit."""
+LOGIT_BIAS_RANGE = 100.0
 
 
 def json_type(value) -> str:
@@ -76,7 +79,7 @@ class Fields:
             return default
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise invalid(f"'{name}' must be a number, got {json_type(value)}", name)
-        value = float(value)
+        value = _as_float(value)
         too_low = value <= lo if lo_open else value < lo
         if not math.isfinite(value) or too_low or value > hi:
             bounds = f"in ({lo:g}, {hi:g}]" if lo_open else f"between {lo:g} and {hi:g}"
@@ -99,6 +102,34 @@ class Fields:
             raise invalid("'stop' strings must not be empty", "stop")
         return tuple(dict.fromkeys(stops))
 
+    def logit_bias(self) -> tuple[tuple[int, float], ...]:
+        """{"token id": bias} as (id, bias) pairs by id; whether the ids are in the vocabulary is the model's check."""
+        value = self.body.get("logit_bias")
+        if value is None:
+            return ()
+        if not isinstance(value, dict):
+            raise invalid(f"'logit_bias' must be an object of token ids to numbers, got {json_type(value)}", "logit_bias")
+        if len(value) > MAX_LOGIT_BIAS_ENTRIES:
+            raise invalid(f"'logit_bias' takes at most {MAX_LOGIT_BIAS_ENTRIES} entries, got {len(value)}", "logit_bias")
+        bias = {}
+        for key, number in value.items():
+            if not (key.isascii() and key.isdigit()):
+                raise invalid(
+                    f"'logit_bias' key {key!r} is not a token id: keys must be non-negative decimal integers",
+                    "logit_bias",
+                )
+            if isinstance(number, bool) or not isinstance(number, (int, float)):
+                raise invalid(f"'logit_bias[{key!r}]' must be a number, got {json_type(number)}", "logit_bias")
+            number = _as_float(number)
+            if not abs(number) <= LOGIT_BIAS_RANGE:
+                raise invalid(
+                    f"'logit_bias[{key!r}]' must be between -{LOGIT_BIAS_RANGE:g} and {LOGIT_BIAS_RANGE:g}, "
+                    f"got {number:g}",
+                    "logit_bias",
+                )
+            bias[int(key)] = number
+        return tuple(sorted(bias.items()))
+
     def stream_options(self, stream: bool) -> bool:
         """include_usage from stream_options, which only makes sense with stream=true."""
         value = self.body.get("stream_options")
@@ -118,6 +149,14 @@ class Fields:
         value = self.body.get(name)
         if value is not None and not is_no_op(value):
             raise invalid(f"'{name}' is not supported: {why}", name)
+
+
+def _as_float(value: int | float) -> float:
+    """JSON integers have no size limit; one too large for a float is out of any range."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
 
 
 def _range_text(lo: int | None, hi: int | None) -> str:

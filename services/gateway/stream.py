@@ -12,6 +12,9 @@ from typing import Protocol
 
 from shared.protocol import ErrorInfo, TokenChunk, Usage
 
+TopLogprobs = tuple[tuple[int, float], ...]
+"""At one position: the most likely (token id, logprob), most likely first."""
+
 PROMPT_CONTEXT_TOKENS = 5
 """Prompt tokens decoded ahead of the completion, so a first token's leading space survives."""
 
@@ -26,6 +29,7 @@ class Delivery:
 
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[float | None] = field(default_factory=list)
+    top_logprobs: list[TopLogprobs | None] = field(default_factory=list)
     finish_reason: str | None = None
     usage: Usage | None = None
     error: ErrorInfo | None = None
@@ -65,15 +69,24 @@ class TokenReassembler:
         skip = self.next_index - chunk.index
         new = chunk.token_ids[skip:]
         out.token_ids.extend(new)
-        logprobs = chunk.logprobs[skip:] if chunk.logprobs is not None else (None,) * len(new)
-        out.logprobs.extend(logprobs[: len(new)])
-        out.logprobs.extend([None] * (len(new) - len(logprobs)))
+        _extend_aligned(out.logprobs, chunk.logprobs, skip, len(new))
+        _extend_aligned(out.top_logprobs, chunk.top_logprobs, skip, len(new))
         self.next_index += len(new)
         if chunk.finish_reason is not None:
             self.done = True
             self._ahead.clear()
             out.finish_reason = chunk.finish_reason
             out.usage = chunk.usage
+
+
+def _extend_aligned(out: list, values: tuple | None, skip: int, count: int) -> None:
+    """Appends values[skip:] for `count` new tokens, None where the chunk has none."""
+    if values is None:
+        out.extend([None] * count)
+        return
+    part = values[skip : skip + count]
+    out.extend(part)
+    out.extend([None] * (count - len(part)))
 
 
 def _end(chunk: TokenChunk) -> int:
@@ -145,6 +158,7 @@ class Update:
     text: str = ""
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[float | None] = field(default_factory=list)
+    top_logprobs: list[TopLogprobs | None] = field(default_factory=list)
     finish_reason: str | None = None
     usage: Usage | None = None
     error: ErrorInfo | None = None
@@ -160,6 +174,7 @@ class Update:
         self.text += later.text
         self.token_ids += later.token_ids
         self.logprobs += later.logprobs
+        self.top_logprobs += later.top_logprobs
         self.finish_reason, self.usage, self.error = later.finish_reason, later.usage, later.error
         self.stopped_early = later.stopped_early
 
@@ -178,7 +193,7 @@ class TextStream:
             return Update()
         got = self._order.push(chunk)
         self.completion_tokens += len(got.token_ids)
-        update = Update(token_ids=got.token_ids, logprobs=got.logprobs, error=got.error)
+        update = Update(token_ids=got.token_ids, logprobs=got.logprobs, top_logprobs=got.top_logprobs, error=got.error)
         if got.error is not None:
             self.done = True
             return update

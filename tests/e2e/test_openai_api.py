@@ -100,3 +100,49 @@ def test_models_and_health(client, stack):
     assert {m.id for m in client.models.list().data} == {SMOL, LLAMA, QWEN}
     status, body = stack.health()
     assert status == 200 and body["status"] == "ok"
+    assert client.models.retrieve(QWEN).id == QWEN
+
+
+def test_n_seeded_choices_differ_and_the_same_request_gives_them_again(client, tok):
+    messages = [{"role": "user", "content": "Tell me a short story."}]
+    ask = dict(model=SMOL, messages=messages, max_tokens=12, temperature=1.0, top_p=0.95, seed=5, n=3)
+    first, again = client.chat.completions.create(**ask), client.chat.completions.create(**ask)
+    texts = [c.message.content for c in first.choices]
+    assert [c.index for c in first.choices] == [0, 1, 2]
+    assert texts == [c.message.content for c in again.choices]
+    assert len(set(texts)) > 1
+    assert first.usage.prompt_tokens == len(tok.encode_chat(messages))
+    assert 3 <= first.usage.completion_tokens <= 36
+
+
+def test_several_prompts_each_get_their_greedy_text(client, tok, greedy_reference):
+    prompts = ["The capital of France is", "def fibonacci(n):"]
+    resp = client.completions.create(model=SMOL, prompt=prompts, max_tokens=8, temperature=0, n=2)
+    assert [c.index for c in resp.choices] == [0, 1, 2, 3]
+    for c in resp.choices:
+        expected = tok.decode(greedy_reference(SMOL, tuple(tok.encode(prompts[c.index // 2])), 8))
+        assert c.text == expected
+    assert resp.usage.prompt_tokens == sum(len(tok.encode(p)) for p in prompts)
+
+
+def test_top_logprobs_lead_with_the_greedy_token(client):
+    resp = client.chat.completions.create(
+        model=SMOL, messages=[{"role": "user", "content": "Name a fruit."}], max_tokens=6, temperature=0,
+        logprobs=True, top_logprobs=3,
+    )
+    content = resp.choices[0].logprobs.content
+    assert len(content) == resp.usage.completion_tokens
+    for item in content:
+        assert len(item.top_logprobs) == 3
+        assert item.top_logprobs[0].token == item.token and item.top_logprobs[0].logprob == item.logprob
+        assert item.top_logprobs[0].logprob >= item.top_logprobs[1].logprob >= item.top_logprobs[2].logprob
+
+
+def test_logit_bias_forces_a_token_and_a_frequency_penalty_changes_a_loop(client, tok):
+    prompt = "1, 2, 3, 4, 5,"
+    (forced,) = tok.encode(" banana")
+    resp = client.completions.create(model=SMOL, prompt=prompt, max_tokens=4, temperature=0, logit_bias={str(forced): 100})
+    assert resp.choices[0].text == " banana" * 4
+    plain = client.completions.create(model=SMOL, prompt=prompt, max_tokens=24, temperature=0)
+    penalised = client.completions.create(model=SMOL, prompt=prompt, max_tokens=24, temperature=0, frequency_penalty=2.0)
+    assert penalised.choices[0].text != plain.choices[0].text

@@ -112,7 +112,10 @@ class EchoWorker:
     other behaviour: [429] rejects like a full router queue, [stall] never answers,
     [slow] sends a token every 0.1 s until cancelled, [fail-mid] fails after two tokens,
     [batched] sends unreadable bytes, then a TokenBatch holding a chunk of a request the gateway
-    does not know and every chunk of this one (as a worker's flush does).
+    does not know and every chunk of this one (as a worker's flush does). Of a request's choices
+    (ids ending -0, -1, ...), [fail-one-now] fails choice 1 at once and never answers the others;
+    [fail-one-late] fails choice 1 after 0.3 s while the others go on as [slow]. With top_logprobs
+    k, each token t comes with (t, -0.5), (t + 1, -1.5), ... k alternatives.
     """
 
     def __init__(self, nc, tokenizer: Tokenizer):
@@ -142,7 +145,10 @@ class EchoWorker:
         return next((c for c in self.cancels if c.request_id == request_id), None)
 
     def find(self, marker: str) -> GenerateRequest | None:
-        return next((r for r in self.requests.values() if marker in self.tok.decode(list(r.prompt_token_ids))), None)
+        return next(iter(self.find_all(marker)), None)
+
+    def find_all(self, marker: str) -> list[GenerateRequest]:
+        return [r for r in self.requests.values() if marker in self.tok.decode(list(r.prompt_token_ids))]
 
     async def _consume(self) -> None:
         while True:
@@ -166,9 +172,13 @@ class EchoWorker:
         rid, n_prompt = request.id, len(request.prompt_token_ids)
         if "[429]" in text:
             return await self._send(request, TokenChunk(rid, 0, error=ErrorInfo(429, "rate_limit_error", "queue full")))
-        if "[stall]" in text:
+        if "[fail-one-" in text and rid.endswith("-1"):
+            if "[fail-one-late]" in text:
+                await asyncio.sleep(0.3)
+            return await self._send(request, TokenChunk(rid, 0, error=ErrorInfo(500, "server_error", "choice 1 failed")))
+        if "[stall]" in text or "[fail-one-now]" in text:
             return
-        if "[slow]" in text:
+        if "[slow]" in text or "[fail-one-late]" in text:
             for i in range(600):
                 if self.cancelled(rid):
                     return
@@ -182,8 +192,10 @@ class EchoWorker:
         ids = ids[: request.sampling.max_tokens]
         reason = "length" if len(ids) == request.sampling.max_tokens else "stop"
         logprob = -0.5 if request.sampling.logprobs else None
+        k = request.sampling.top_logprobs
         chunks = [
-            TokenChunk(rid, i, tuple(ids[i : i + 2]), (logprob,) * len(ids[i : i + 2]) if logprob else None)
+            TokenChunk(rid, i, tuple(ids[i : i + 2]), (logprob,) * len(ids[i : i + 2]) if logprob else None,
+                       top_logprobs=tuple(_alternatives(t, k) for t in ids[i : i + 2]) if k else None)
             for i in range(0, len(ids), 2)
         ]
         chunks[-1] = replace(chunks[-1], finish_reason=reason, usage=Usage(n_prompt, len(ids)))
@@ -201,6 +213,10 @@ class EchoWorker:
         return list(request.prompt_token_ids)
 
 
+def _alternatives(token_id: int, k: int) -> tuple[tuple[int, float], ...]:
+    return tuple((token_id + i, -0.5 - i) for i in range(k))
+
+
 def _scrambled(chunks: list[TokenChunk]) -> list[TokenChunk]:
     """Adjacent chunks swapped, the first repeated, one chunk overlapping its neighbours, a late duplicate."""
     out = []
@@ -209,7 +225,9 @@ def _scrambled(chunks: list[TokenChunk]) -> list[TokenChunk]:
     if len(chunks) > 2:
         first, second = chunks[0], chunks[1]
         overlap = TokenChunk(first.request_id, first.index + 1, first.token_ids[1:] + second.token_ids[:1],
-                             None if first.logprobs is None else first.logprobs[1:] + second.logprobs[:1])
+                             None if first.logprobs is None else first.logprobs[1:] + second.logprobs[:1],
+                             top_logprobs=None if first.top_logprobs is None
+                             else first.top_logprobs[1:] + second.top_logprobs[:1])
         out.insert(2, first)
         out.insert(3, overlap)
     return out + [chunks[0]]

@@ -48,9 +48,22 @@ CASES = [
     ("temperature is a string", "POST", CHAT, OK_CHAT | {"temperature": "warm"}, 400, "temperature", "a number"),
     ("top_p zero", "POST", CHAT, OK_CHAT | {"top_p": 0}, 400, "top_p", "in (0, 1]"),
     ("top_p above one", "POST", COMPLETIONS, {"model": SMOL, "prompt": "x", "top_p": 1.01}, 400, "top_p", "(0, 1]"),
-    ("n above one", "POST", CHAT, OK_CHAT | {"n": 3}, 400, "n", "only n=1"),
-    ("n is a string", "POST", CHAT, OK_CHAT | {"n": "1"}, 400, "n", "only n=1"),
-    ("echo", "POST", COMPLETIONS, {"model": SMOL, "prompt": "x", "echo": True}, 400, "echo", "not supported"),
+    ("n above the limit", "POST", CHAT, OK_CHAT | {"n": 129}, 400, "n", "between 1 and 128, got 129"),
+    ("n is a string", "POST", CHAT, OK_CHAT | {"n": "1"}, 400, "n", "'n' must be an integer, got string"),
+    ("too many choices", "POST", COMPLETIONS, {"model": SMOL, "prompt": ["x"] * 50, "n": 3}, 400, "n",
+     "150 choices; a request makes at most 128"),
+    ("echo with logprobs", "POST", COMPLETIONS, {"model": SMOL, "prompt": "x", "echo": True, "logprobs": 0}, 400,
+     "echo", "the prompt's logprobs are not returned"),
+    ("logit_bias key outside the vocabulary", "POST", CHAT, OK_CHAT | {"logit_bias": {"7": 1, "49152": -5}}, 400,
+     "logit_bias", "'logit_bias' key '49152' is outside the vocabulary of model 'smollm2-135m-instruct' [0, 49152)"),
+    ("logit_bias key not a number", "POST", COMPLETIONS, {"model": SMOL, "prompt": "x", "logit_bias": {"a7": 1}},
+     400, "logit_bias", "key 'a7' is not a token id"),
+    ("presence_penalty too high", "POST", CHAT, OK_CHAT | {"presence_penalty": 2.1}, 400, "presence_penalty",
+     "between -2 and 2, got 2.1"),
+    ("token id outside the vocabulary, second prompt", "POST", COMPLETIONS,
+     {"model": SMOL, "prompt": [[1], [2, 49152]]}, 400, "prompt", "'prompt[1]' token ids [49152] are outside"),
+    ("second prompt over the catalog cap", "POST", COMPLETIONS, {"model": LLAMA, "prompt": ["x", "word " * 100]},
+     400, "prompt", "but the prompt[1] has"),
     ("token id outside the vocabulary", "POST", COMPLETIONS, {"model": SMOL, "prompt": [1, 999999]}, 400, "prompt",
      "outside the vocabulary [0, 49152)"),
     ("too many stop strings", "POST", CHAT, OK_CHAT | {"stop": list("abcde")}, 400, "stop", "at most 4"),
@@ -60,6 +73,8 @@ CASES = [
     ("wrong method on completions", "GET", COMPLETIONS, None, 405, None, "GET is not allowed on /v1/completions"),
     ("wrong method on models", "DELETE", "/v1/models", None, 405, None, "use GET"),
     ("unknown path", "GET", "/v2/whatever", None, 404, None, "no route /v2/whatever"),
+    ("unknown model by id", "GET", "/v1/models/gpt-9", None, 404, "model",
+     f"the model 'gpt-9' does not exist; this server serves: {LLAMA}, {SMOL}"),
 ]
 
 
@@ -110,8 +125,13 @@ async def test_still_serving_after_all_that(gateway, http):
         body = await r.json()
     assert body["object"] == "list"
     assert [(m["id"], m["object"]) for m in body["data"]] == [(SMOL, "model"), (LLAMA, "model")]
+    for listed in body["data"]:
+        async with http.get(gateway.base_url + "/v1/models/" + listed["id"]) as r:
+            assert r.status == 200 and await r.json() == listed
     async with http.get(gateway.base_url + "/metrics") as r:
         text = await r.text()
     assert 'tokenpool_gateway_requests_total{endpoint="/v1/chat/completions",status="400"}' in text
     assert 'tokenpool_gateway_errors_total{status="404",code="model_not_found"}' in text
     assert 'tokenpool_gateway_requests_total{endpoint="/v1/completions",status="413"} 1' in text
+    assert 'tokenpool_gateway_requests_total{endpoint="/v1/models/{model}",status="404"} 1' in text
+    assert 'tokenpool_gateway_requests_total{endpoint="/v1/models/{model}",status="200"} 2' in text

@@ -17,16 +17,18 @@ USER = {"messages": [{"role": "user", "content": "hi"}]}
 
 def test_completion_defaults_follow_openai():
     spec = parse_completion(M | {"prompt": "hello"})
-    assert spec == GenerationSpec("completions", "m", "hello", None, 16)
+    assert spec == GenerationSpec("completions", "m", ("hello",), None, 16)
+    assert spec.n == 1 and not spec.echo and spec.logit_bias == () and spec.repetition_penalty == 1.0
     assert spec.temperature == 1.0 and spec.top_p == 1.0 and not spec.stream and not spec.logprobs
 
 
 @pytest.mark.parametrize(
     "prompt, expected",
-    [("text", "text"), (["text"], "text"), ([1, 2, 3], (1, 2, 3)), ([[4, 5]], (4, 5))],
+    [("text", ("text",)), (["text"], ("text",)), ([1, 2, 3], ((1, 2, 3),)), ([[4, 5]], ((4, 5),)),
+     (["a", "b"], ("a", "b")), ([[1], [2, 3]], ((1,), (2, 3))), (["a", [7]], ("a", (7,)))],
 )
 def test_completion_prompt_forms(prompt, expected):
-    assert parse_completion(M | {"prompt": prompt}).prompt == expected
+    assert parse_completion(M | {"prompt": prompt}).prompts == expected
 
 
 def test_completion_options_are_read():
@@ -57,7 +59,8 @@ BAD_COMPLETIONS = [
     ({"model": 3, "prompt": "p"}, "model", "'model' must be a non-empty string, got integer"),
     (M | {"prompt": 5}, "prompt", "must be a string or an array of token ids, got integer"),
     (M | {"prompt": []}, "prompt", "'prompt' must not be empty"),
-    (M | {"prompt": ["a", "b"]}, "prompt", "holds 2 prompts; send one prompt per request"),
+    (M | {"prompt": ["a", []]}, "prompt", "'prompt[1]' must not be empty"),
+    (M | {"prompt": [[1], [2, "x"]]}, "prompt", "'prompt[1]' must be a string or an array of token ids"),
     (M | {"prompt": [1, -2]}, "prompt", "non-negative"),
     (M | {"prompt": [1, True]}, "prompt", "array of token ids"),
     (M | {"prompt": "p", "max_tokens": 0}, "max_tokens", "'max_tokens' must be >= 1, got 0"),
@@ -70,17 +73,17 @@ BAD_COMPLETIONS = [
     (M | {"prompt": "p", "top_p": 0}, "top_p", "'top_p' must be in (0, 1], got 0"),
     (M | {"prompt": "p", "top_p": 1.5}, "top_p", "in (0, 1]"),
     (M | {"prompt": "p", "top_k": -1}, "top_k", "'top_k' must be >= 0"),
-    (M | {"prompt": "p", "n": 2}, "n", "only n=1 is implemented"),
+    (M | {"prompt": "p", "n": 0}, "n", "'n' must be between 1 and 128, got 0"),
     (M | {"prompt": "p", "seed": -1}, "seed", "'seed' must be between 0 and"),
     (M | {"prompt": "p", "stop": ["a", "b", "c", "d", "e"]}, "stop", "at most 4 strings, got 5"),
     (M | {"prompt": "p", "stop": [1]}, "stop", "string or an array of strings"),
     (M | {"prompt": "p", "stop": ""}, "stop", "must not be empty"),
     (M | {"prompt": "p", "stream": "yes"}, "stream", "'stream' must be a boolean, got string"),
     (M | {"prompt": "p", "stream_options": {"include_usage": True}}, "stream_options", "only allowed when 'stream'"),
-    (M | {"prompt": "p", "echo": True}, "echo", "'echo' is not supported"),
+    (M | {"prompt": "p", "echo": "yes"}, "echo", "'echo' must be a boolean, got string"),
     (M | {"prompt": "p", "logprobs": 6}, "logprobs", "'logprobs' must be between 0 and 5, got 6"),
-    (M | {"prompt": "p", "best_of": 3}, "best_of", "only best_of=1"),
-    (M | {"prompt": "p", "frequency_penalty": 0.5}, "frequency_penalty", "not supported"),
+    (M | {"prompt": "p", "best_of": 3}, "best_of", "only best_of equal to n (1)"),
+    (M | {"prompt": "p", "frequency_penalty": 2.5}, "frequency_penalty", "between -2 and 2, got 2.5"),
 ]
 
 
@@ -102,7 +105,7 @@ BAD_CHATS = [
     (M | {"messages": [{"role": "user"}]}, "messages[0].content", "got null"),
     (M | {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
      "messages[0].content", "only text content is supported"),
-    (M | USER | {"top_logprobs": 2, "logprobs": True}, "top_logprobs", "only the chosen token"),
+    (M | USER | {"top_logprobs": 21, "logprobs": True}, "top_logprobs", "between 0 and 20, got 21"),
     (M | USER | {"max_completion_tokens": 0}, "max_completion_tokens", ">= 1"),
     (M | USER | {"tools": [{"type": "function"}]}, "tools", "not supported"),
     (M | USER | {"logprobs": 1}, "logprobs", "must be a boolean"),

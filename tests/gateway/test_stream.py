@@ -126,3 +126,15 @@ def test_text_stream_takes_the_workers_usage(tok):
     s = TextStream(tok, prompt_ids=(1, 2, 3))
     u = s.push(TokenChunk("r", 0, tuple(tok.encode("hi")), None, "length", Usage(3, 1)))
     assert (u.text, u.finish_reason, u.usage, u.stopped_early) == ("hi", "length", Usage(3, 1), False)
+
+
+def test_top_logprobs_stay_aligned_through_overlaps_and_gaps():
+    def top(t):
+        return ((t, -0.1), (t + 1, -2.0))
+
+    r = TokenReassembler()
+    d = r.push(TokenChunk("r", 0, (1, 2), (-1.0, -2.0), top_logprobs=(top(1), top(2))))
+    d2 = r.push(TokenChunk("r", 1, (2, 3), (-2.0, -3.0), top_logprobs=(top(2), top(3))))  # overlaps token 2
+    d3 = r.push(TokenChunk("r", 3, (4,), (-4.0,), "stop"))  # a chunk without them
+    assert d.top_logprobs + d2.top_logprobs + d3.top_logprobs == [top(1), top(2), top(3), None]
+    assert d2.token_ids == [3] and d2.logprobs == [-3.0]
