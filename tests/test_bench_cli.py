@@ -32,6 +32,10 @@ def test_bench_engine_json_has_every_section_with_positive_numbers(model_store, 
     assert abs(row["ratio"] - row["ours_tok_s"] / row["hf_tok_s"]) < 0.01 * row["ratio"]
     assert isinstance(row["target_met"], bool)
     assert isinstance(report["decode"]["target_met"]["batch_1"], bool)
+    sampled = report["decode"]["sampled"]
+    assert sampled["sampling"] == {"temperature": 1.0, "top_p": 0.9}
+    (row,) = sampled["results"]
+    assert row["batch"] == 1 and row["ours_tok_s"] > 0 and row["hf_tok_s"] > 0
 
     assert report["copy_limit"]["gb_s"] > 0
     switch = report["switch"]

@@ -3,8 +3,8 @@
 import torch
 
 from services.gpu_worker.engine.generate import run_to_completion
-from services.gpu_worker.engine.sampler import _sample_row
-from services.gpu_worker.engine.sequence import EngineRequest, SamplingParams
+from services.gpu_worker.engine.sampler import sample
+from services.gpu_worker.engine.sequence import EngineRequest, SamplingParams, Sequence
 
 MODEL = "smollm2-135m-instruct"
 
@@ -20,6 +20,19 @@ def test_same_seed_same_tokens_even_inside_a_batch(engine, prompt_ids):
     batched = run_to_completion(
         engine, [EngineRequest("r", MODEL, prompt_ids[2], SamplingParams(max_tokens=16, temperature=0.9, seed=1234)), *others]
     )
+    assert batched["r"].token_ids == alone.token_ids
+
+
+def test_a_seeded_top_p_request_is_reproducible_among_greedy_top_k_and_penalised_neighbours(engine, prompt_ids):
+    params = dict(max_tokens=12, temperature=1.0, top_p=0.9, seed=99, ignore_eos=True)
+    alone = _run(engine, prompt_ids[4], **params)
+    neighbours = [
+        SamplingParams(max_tokens=12, temperature=0),
+        SamplingParams(max_tokens=12, temperature=1.3, top_k=5),
+        SamplingParams(max_tokens=12, temperature=0.8, frequency_penalty=1.0, logit_bias=((13, 5.0),)),
+    ]
+    others = [EngineRequest(f"o{i}", MODEL, prompt_ids[i], p) for i, p in enumerate(neighbours)]
+    batched = run_to_completion(engine, [*others, EngineRequest("r", MODEL, prompt_ids[4], SamplingParams(**params))])
     assert batched["r"].token_ids == alone.token_ids
 
 
@@ -78,13 +91,39 @@ def test_logprobs_are_the_models_own(engine, prompt_ids, model_store):
     assert all(abs(a - b) < 1e-3 for a, b in zip(out.logprobs, expected)), (out.logprobs, expected)
 
 
+def _draws(logits: torch.Tensor, n: int, **params) -> torch.Tensor:
+    """n draws from one row of logits: n rows, each its own seeded sequence."""
+    seqs = [Sequence(EngineRequest(f"s{i}", MODEL, (1,), SamplingParams(seed=i, **params)), arrival=i) for i in range(n)]
+    return torch.tensor(sample(logits.expand(n, -1), seqs).token_ids)
+
+
 def test_top_k_and_top_p_never_pick_outside_their_set():
-    logits = torch.tensor([4.0, 3.0, 2.0, 1.0, 0.0, -1.0])
-    g = torch.Generator().manual_seed(0)
-    picks_k = {_sample_row(logits, SamplingParams(temperature=1.0, top_k=2), g) for _ in range(300)}
-    assert picks_k == {0, 1}
+    logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0, -1.0]])
+    assert set(_draws(logits, 300, temperature=1.0, top_k=2).tolist()) == {0, 1}
     # softmax of these logits: 0.636, 0.234, 0.086, ... -> top_p 0.8 keeps the first two
-    picks_p = {_sample_row(logits, SamplingParams(temperature=1.0, top_p=0.8), g) for _ in range(300)}
-    assert picks_p == {0, 1}
-    picks_all = {_sample_row(logits, SamplingParams(temperature=5.0), g) for _ in range(600)}
-    assert picks_all == set(range(6))
+    assert set(_draws(logits, 300, temperature=1.0, top_p=0.8).tolist()) == {0, 1}
+    assert set(_draws(logits, 600, temperature=5.0).tolist()) == set(range(6))
+
+
+def test_sampled_frequencies_follow_the_distribution():
+    logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0, -30.0]])
+    n = 20000
+    for params, expected in [
+        (dict(temperature=1.0), torch.softmax(logits[0], -1)),
+        (dict(temperature=0.5), torch.softmax(logits[0] / 0.5, -1)),
+        (dict(temperature=1.0, top_k=3), torch.softmax(logits[0, :3], -1)),
+        (dict(temperature=1.0, top_p=0.7), torch.softmax(logits[0, :2], -1)),  # 0.53 + 0.20 reach 0.7
+    ]:
+        counts = torch.bincount(_draws(logits, n, **params), minlength=6)[: len(expected)].float() / n
+        assert torch.allclose(counts, expected, atol=0.015), (params, counts, expected)
+        assert counts.sum() > 0.999  # nothing outside the kept set (token 5 is never drawn)
+
+
+def test_a_nucleus_wider_than_the_first_candidates_is_still_exact():
+    torch.manual_seed(0)
+    logits = torch.randn(1, 5000) * 0.1  # nearly flat: top_p 0.5 keeps about 2,500 tokens
+    probs, order = torch.softmax(logits[0], -1).sort(descending=True)
+    nucleus = set(order[: int(((probs.cumsum(-1) - probs) < 0.5).sum())].tolist())
+    picks = _draws(logits, 3000, temperature=1.0, top_p=0.5)
+    assert set(picks.tolist()) <= nucleus
+    assert len(set(picks.tolist())) > 1000  # far past the first 64 candidates

@@ -1,6 +1,6 @@
 """The engine benchmark behind ``tokenpool bench engine``: one run, one machine, one JSON object.
 
-Sections: `decode` (ours vs Hugging Face generate, per batch size), `copy_limit` (the
+Sections: `decode` (ours vs Hugging Face generate, per batch size, greedy and sampled), `copy_limit` (the
 bandwidth no switch can beat), `switch` (activate from host memory, without and with a
 prefetch overlapped with another model's decode), `kv_swap` (KV pages to host and back) and
 `machine`. bench/README.md explains each figure.
@@ -172,6 +172,12 @@ def decode(
             row["read_limit_tok_s"] = batch / read["step_s"]
             row["ours_ratio_to_read_limit"] = row["ours_tok_s"] / row["read_limit_tok_s"]
             results.append(row)
+        sampled = [
+            bench_decode.compare_batch(
+                engine, name, hf, prompts[batch], cfg.new_tokens, cfg.repeats, log, bench_decode.SAMPLED
+            )
+            for batch in cfg.batches
+        ]
     finally:
         hf.close()
         engine.close()
@@ -185,6 +191,7 @@ def decode(
         "ours and HF interleaved",
         "read_limit": read,
         "results": results,
+        "sampled": {"sampling": bench_decode.SAMPLED, "results": sampled},
         "target_met": {f"batch_{r['batch']}": r["target_met"] for r in results if "target_met" in r},
     }
 
@@ -417,6 +424,12 @@ def _decode_lines(decode: dict, indent: str) -> list[str]:
             f"{indent}{row['batch']:>5} {row['ours_tok_s']:>11.1f} {row['hf_tok_s']:>9.1f} {row['ratio']:>6.2f} "
             f"{row['greedy_identical_sequences']:>11}  {target}"
         )
+    if "sampled" in decode:
+        lines.append(f"{indent}sampled ({', '.join(f'{k} {v}' for k, v in decode['sampled']['sampling'].items())}):")
+        lines += [
+            f"{indent}{row['batch']:>5} {row['ours_tok_s']:>11.1f} {row['hf_tok_s']:>9.1f} {row['ratio']:>6.2f}"
+            for row in decode["sampled"]["results"]
+        ]
     read = decode["read_limit"]
     lines.append(f"{indent}weight read limit {read['gb_s']:.2f} GB/s = {read['step_s'] * 1000:.1f} ms per decode step")
     return lines

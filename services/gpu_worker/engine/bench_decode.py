@@ -1,7 +1,8 @@
 """Decode throughput of our engine against Hugging Face ``model.generate``, same prompts, same run.
 
 Both sides get the same B prompts (token ids from the model's own tokenizer, 28-36 tokens each),
-greedy, exactly N new tokens per sequence. Only decode is timed: from the moment every
+greedy (or both sampling with the same temperature and top-p: SAMPLED), exactly N new tokens
+per sequence. Only decode is timed: from the moment every
 sequence has its first token (prefill done) to the moment every sequence has its N-th, so
 tok/s = B * (N - 1) / that time. Our side stamps the clock after the engine step that produced
 the last first token; Hugging Face's side stamps it in a streamer, which `generate` calls once
@@ -100,6 +101,10 @@ def prompt_token_ids(tokenizer, batch: int) -> list[list[int]]:
     return prompts
 
 
+SAMPLED = {"temperature": 1.0, "top_p": 0.9}
+"""The sampled comparison: OpenAI's default temperature with a common nucleus."""
+
+
 @dataclass
 class DecodeRun:
     tok_s: float
@@ -108,12 +113,17 @@ class DecodeRun:
     token_ids: list[list[int]]
 
 
-def ours_decode(engine: Engine, model: str, prompts: list[list[int]], new_tokens: int, tag: str) -> DecodeRun:
-    params = SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True)
+def ours_decode(
+    engine: Engine, model: str, prompts: list[list[int]], new_tokens: int, tag: str, sampling: dict | None = None
+) -> DecodeRun:
     ids = [f"{tag}-{i}" for i in range(len(prompts))]
     tokens: dict[str, list[int]] = {rid: [] for rid in ids}
     started = time.perf_counter()
-    for rid, prompt in zip(ids, prompts):
+    for i, (rid, prompt) in enumerate(zip(ids, prompts)):
+        if sampling is None:
+            params = SamplingParams(max_tokens=new_tokens, temperature=0.0, ignore_eos=True)
+        else:
+            params = SamplingParams(max_tokens=new_tokens, ignore_eos=True, seed=i, **sampling)
         engine.add_request(EngineRequest(rid, model, tuple(prompt), params))
     first_done = None
     waiting_first = len(ids)
@@ -176,21 +186,21 @@ class HFDecoder:
         batch = self.tokenizer.pad({"input_ids": prompts}, padding=True, return_tensors="pt")
         return {k: v.to(self.device) for k, v in batch.items()}
 
-    def _config(self, new_tokens: int):
+    def _config(self, new_tokens: int, sampling: dict | None = None):
         return self._generation_config(
             max_new_tokens=new_tokens,
             min_new_tokens=new_tokens,
-            do_sample=False,
             num_beams=1,
             pad_token_id=self.tokenizer.pad_token_id,
+            **({"do_sample": False} if sampling is None else {"do_sample": True, "top_k": 0, **sampling}),
         )
 
     @torch.inference_mode()
-    def decode(self, prompts: list[list[int]], new_tokens: int) -> DecodeRun:
+    def decode(self, prompts: list[list[int]], new_tokens: int, sampling: dict | None = None) -> DecodeRun:
         inputs = self._inputs(prompts)
         clock = self._clock()
         started = time.perf_counter()
-        out = self.model.generate(**inputs, generation_config=self._config(new_tokens), streamer=clock)
+        out = self.model.generate(**inputs, generation_config=self._config(new_tokens, sampling), streamer=clock)
         finished = time.perf_counter()
         # stamps[0]: the prompt, before prefill; stamps[1]: every first token; stamps[-1]: every last token
         stamps = clock.stamps
@@ -205,11 +215,11 @@ class HFDecoder:
         )
 
     @torch.inference_mode()
-    def generate_s(self, prompts: list[list[int]], new_tokens: int) -> float:
+    def generate_s(self, prompts: list[list[int]], new_tokens: int, sampling: dict | None = None) -> float:
         """Wall time of a plain generate() call, no streamer (for the by-difference estimate)."""
         inputs = self._inputs(prompts)
         started = time.perf_counter()
-        self.model.generate(**inputs, generation_config=self._config(new_tokens))
+        self.model.generate(**inputs, generation_config=self._config(new_tokens, sampling))
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return time.perf_counter() - started
@@ -226,12 +236,15 @@ def compare_batch(
     new_tokens: int,
     repeats: int,
     log,
+    sampling: dict | None = None,
 ) -> dict:
-    """Interleaves our runs with HF's (alternating who goes first) so machine noise hits both alike."""
+    """Interleaves our runs with HF's (alternating who goes first) so machine noise hits both alike.
+    With `sampling` both sides sample (SAMPLED) instead of decoding greedily."""
     batch = len(prompts)
     warm = min(new_tokens, 4)
-    ours_decode(engine, model, prompts, warm, f"warm-b{batch}")
-    hf.decode(prompts, warm)
+    tag = "s" if sampling else "g"
+    ours_decode(engine, model, prompts, warm, f"warm-{tag}{batch}", sampling)
+    hf.decode(prompts, warm, sampling)
     ours_runs: list[DecodeRun] = []
     hf_runs: list[DecodeRun] = []
     hf_one_s: list[float] = []
@@ -239,19 +252,19 @@ def compare_batch(
         order = ("ours", "hf") if r % 2 == 0 else ("hf", "ours")
         for side in order:
             if side == "ours":
-                ours_runs.append(ours_decode(engine, model, prompts, new_tokens, f"b{batch}-r{r}"))
+                ours_runs.append(ours_decode(engine, model, prompts, new_tokens, f"{tag}{batch}-r{r}", sampling))
             else:
-                hf_runs.append(hf.decode(prompts, new_tokens))
-                hf_one_s.append(hf.generate_s(prompts, 1))
+                hf_runs.append(hf.decode(prompts, new_tokens, sampling))
+                hf_one_s.append(hf.generate_s(prompts, 1, sampling))
         log(
-            f"decode B={batch} repeat {r + 1}/{repeats}: ours {ours_runs[-1].tok_s:.1f} tok/s, "
+            f"decode{' sampled' if sampling else ''} B={batch} repeat {r + 1}/{repeats}: ours {ours_runs[-1].tok_s:.1f} tok/s, "
             f"hf {hf_runs[-1].tok_s:.1f} tok/s"
         )
     ours = median(run.tok_s for run in ours_runs)
     theirs = median(run.tok_s for run in hf_runs)
     by_difference = batch * (new_tokens - 1) / (median(r.total_s for r in hf_runs) - median(hf_one_s))
     same = sum(a == b for a, b in zip(ours_runs[-1].token_ids, hf_runs[-1].token_ids))
-    return {
+    row = {
         "batch": batch,
         "ours_tok_s": ours,
         "hf_tok_s": theirs,
@@ -264,5 +277,7 @@ def compare_batch(
         "ours_prefill_s": median(run.prefill_s for run in ours_runs),
         "hf_prefill_s": median(run.prefill_s for run in hf_runs),
         "prompt_tokens": [len(p) for p in prompts],
-        "greedy_identical_sequences": f"{same}/{batch}",
     }
+    if sampling is None:  # sampled tokens differ by construction (different random streams)
+        row["greedy_identical_sequences"] = f"{same}/{batch}"
+    return row
