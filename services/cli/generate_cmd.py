@@ -21,9 +21,27 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument("--logprobs", action="store_true", help="include the logprob of each chosen token")
+    p.add_argument("--top-logprobs", type=int, default=0, help="with --logprobs: also the N most likely tokens (<= 20)")
+    p.add_argument("--presence-penalty", type=float, default=0.0, help="-2 to 2, as OpenAI's")
+    p.add_argument("--frequency-penalty", type=float, default=0.0, help="-2 to 2, as OpenAI's")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="(0, 2]; 1 is off")
+    p.add_argument(
+        "--logit-bias", action="append", default=[], type=_bias, metavar="ID=BIAS",
+        help="add BIAS (-100 to 100) to token ID's logit (repeatable)",
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=generate)
+
+
+def _bias(text: str) -> tuple[int, float]:
+    token, sep, bias = text.partition("=")
+    try:
+        if not sep:
+            raise ValueError
+        return int(token), float(bias)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not ID=BIAS, e.g. 42=-100") from None
 
 
 def build_engine(store: ModelStore, names: list[str], device: str = "cpu", **config):
@@ -52,6 +70,11 @@ def generate(args: argparse.Namespace) -> int:
         seed=args.seed,
         stop=tuple(args.stop),
         logprobs=args.logprobs,
+        top_logprobs=args.top_logprobs,
+        presence_penalty=args.presence_penalty,
+        frequency_penalty=args.frequency_penalty,
+        repetition_penalty=args.repetition_penalty,
+        logit_bias=tuple(args.logit_bias),
     )
     engine = build_engine(store, [args.model], device=args.device)
     started = time.perf_counter()
@@ -77,6 +100,8 @@ def generate(args: argparse.Namespace) -> int:
     }
     if args.logprobs:
         result["logprobs"] = done.logprobs
+    if args.logprobs and args.top_logprobs:
+        result["top_logprobs"] = [[list(pair) for pair in top] for top in done.top_logprobs]
     if args.json:
         print(json.dumps(result))
     else:

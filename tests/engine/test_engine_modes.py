@@ -49,6 +49,22 @@ def test_generate_command_reports_bad_input_in_one_line(model_store):
     assert "Traceback" not in unknown.stderr
     bad_temp = subprocess.run(base + ["--model", "demo-llama", "--temperature", "-1"], capture_output=True, text=True, timeout=120)
     assert bad_temp.returncode == 2 and "temperature=-1.0 is invalid" in bad_temp.stderr
+    bad_bias = subprocess.run(base + ["--model", "demo-llama", "--logit-bias", "7"], capture_output=True, text=True, timeout=120)
+    assert bad_bias.returncode == 2 and "'7' is not ID=BIAS" in bad_bias.stderr
+    far_bias = subprocess.run(base + ["--model", "demo-llama", "--logit-bias", "99999999=1"], capture_output=True, text=True, timeout=120)
+    assert far_bias.returncode == 2 and "logit_bias token ids [99999999] are outside the vocabulary" in far_bias.stderr
+
+
+def test_generate_command_takes_openais_sampling_parameters(model_store):
+    cmd = [sys.executable, "-m", "services.cli", "generate", "--model", SMOLLM, "--prompt", "1, 2, 3, 4, 5,",
+           "--max-tokens", "3", "--logit-bias", "28=100", "--logprobs", "--top-logprobs", "2",
+           "--frequency-penalty", "0.5", "--json"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["token_ids"] == [28, 28, 28]
+    assert len(out["top_logprobs"]) == 3 and all(len(top) == 2 for top in out["top_logprobs"])
+    assert out["top_logprobs"][0][0][1] >= out["top_logprobs"][0][1][1]
 
 
 def test_sharded_checkpoint_loads_like_a_single_file(model_store, tmp_path, prompt_ids, hf_greedy):
