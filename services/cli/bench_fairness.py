@@ -1,12 +1,13 @@
 """``tokenpool bench fairness``: one tenant's burst in a model market, with and without the
-router's tenant fairness (services/router/fair_queue.py), simulated on the paper's workload.
+router's tenant fairness (services/router/fair_queue.py) and its preemption
+(services/router/preemption.py), simulated on the paper's workload.
 
 The market's own traffic (Aegaeon's synth-N workload) comes from `--tenants` tenants, each
 request from one drawn at random. At `--burst-at` one more tenant sends `--burst` requests at
 once to `--burst-models` of the models (lengths drawn from the workload's). The default pool
 (3 GPUs, 32 requests each: a CPU worker's default, and until 2026-11-22 every worker's) serves
-the market alone at full attainment; the burst overfills it. The same arrivals run with tenant fairness and with plain
-FCFS, and the market alone runs as the reference; the figures are SLO attainment and TTFT of
+the market alone at full attainment; the burst overfills it. The same arrivals run with tenant fairness, with fairness and
+preemption, and with plain FCFS, and the market alone runs as the reference; the figures are SLO attainment and TTFT of
 the market's requests that arrived from the burst on, and of the burst's.
 
 tokenpool bench fairness --json --out bench/results/fairness-h100-sim.json
@@ -81,13 +82,14 @@ def _run(args) -> dict:
         workload = with_burst(base, args.tenants, args.burst, args.burst_at, args.burst_models, args.seed)
         cost = CostModel.for_models(args.gpu_profile, workload.architectures)
         alone = with_burst(base, args.tenants, 0, args.burst_at, args.burst_models, args.seed)
-        runs = [("alone", True, alone, 1.0), ("fair", True, workload, 1.0), ("fcfs", False, workload, 1.0)]
+        runs = [("alone", True, alone, 1.0, False), ("fair", True, workload, 1.0, False),
+                ("fcfs", False, workload, 1.0, False), ("preempt", True, workload, 1.0, True)]
         if args.max_tenant_share is not None:
-            runs.append(("capped", True, workload, args.max_tenant_share))
+            runs.append(("capped", True, workload, args.max_tenant_share, False))
         sides = {}
-        for name, fair, arrivals, share in runs:
+        for name, fair, arrivals, share, preempt in runs:
             try:
-                policy = replace(policy_config(cost, "token"), tenant_fairness=fair,
+                policy = replace(policy_config(cost, "token"), tenant_fairness=fair, tenant_preemption=preempt,
                                  max_running_per_worker=args.slots, max_tenant_share=share)
             except ValueError as e:
                 raise SimError(str(e)) from None
@@ -114,8 +116,10 @@ def _run(args) -> dict:
         "market_alone": sides["alone"]["market"],
         "fair": fair,
         "fcfs": fcfs,
+        "preempt": sides["preempt"],
         **({"capped": sides["capped"]} if "capped" in sides else {}),
         "market_attainment_fair_over_fcfs": _ratio(fair["market"]["attainment"], fcfs["market"]["attainment"]),
+        "market_attainment_preempt_over_fcfs": _ratio(sides["preempt"]["market"]["attainment"], fcfs["market"]["attainment"]),
         "burst_attainment_fair_over_fcfs": _ratio(fair["burst"]["attainment"], fcfs["burst"]["attainment"]),
     }
 
@@ -136,21 +140,22 @@ def _format(r: dict) -> str:
         f"tenant fairness - {c['workload']} on {c['gpus']} simulated {c['gpu_profile']}, {c['tenants']} tenants, "
         f"a burst of {c['burst']} requests to {c['burst_models']} models at {c['burst_at_s']:g} s, "
         f"{c['slots_per_gpu']} requests per GPU",
-        f"{'':22}{'requests':>9}{'attainment':>12}{'strict':>8}{'TTFT p50':>10}{'TTFT p99':>10}",
+        f"{'':28}{'requests':>9}{'attainment':>12}{'strict':>8}{'TTFT p50':>10}{'TTFT p99':>10}",
     ]
-    for side in ("fair", "fcfs", "capped"):
+    for side in ("fair", "preempt", "fcfs", "capped"):
         if side not in r:
             continue
         for group in ("market_before_burst", "market", "burst"):
             lines.append(_row(f"{side} {group.replace('_', ' ')}", r[side][group]))
     lines.append(_row("market alone (no burst)", r["market_alone"]))
-    lines.append(f"market from the burst on: fair / FCFS attainment {r['market_attainment_fair_over_fcfs']}; "
+    lines.append(f"market from the burst on: fair / FCFS attainment {r['market_attainment_fair_over_fcfs']} "
+                 f"(with preemption {r['market_attainment_preempt_over_fcfs']}); "
                  f"the burst's own: {r['burst_attainment_fair_over_fcfs']}")
     return "\n".join(lines)
 
 
 def _row(label: str, g: dict) -> str:
-    return (f"{label:22}{g['requests']:>9}{_f(g['attainment']):>12}{_f(g['strict_attainment']):>8}"
+    return (f"{label:28}{g['requests']:>9}{_f(g['attainment']):>12}{_f(g['strict_attainment']):>8}"
             f"{_f(g['ttft_p50_s'], 's'):>10}{_f(g['ttft_p99_s'], 's'):>10}")
 
 

@@ -54,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="a full pool serves queued requests first come, first served, instead of the tenant "
              "(OpenAI `user`) with the fewest requests in service first",
     )
+    parser.add_argument(
+        "--tenant-preemption", action="store_true",
+        help="when the pool is full, a waiting tenant takes a running request's slot from the tenant with "
+             "at least two more requests in service (the request resumes later from its tokens)",
+    )
     parser.add_argument("--weight-warmth", type=float, default=p.weights.warmth)
     parser.add_argument("--weight-load", type=float, default=p.weights.load)
     parser.add_argument("--weight-kv", type=float, default=p.weights.kv_headroom)
@@ -85,6 +90,7 @@ def build_config(args: argparse.Namespace) -> RouterConfig:
         max_queue_per_model=args.max_queue_per_model,
         max_running_per_worker=args.max_running_per_worker,
         tenant_fairness=args.tenant_fairness,
+        tenant_preemption=args.tenant_preemption,
         max_tenant_share=args.max_tenant_share,
         weights=ScoreWeights(warmth=args.weight_warmth, load=args.weight_load, kv_headroom=args.weight_kv),
         scheduling=args.scheduling,

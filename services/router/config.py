@@ -69,6 +69,10 @@ class PolicyConfig:
     tenant_fairness: bool = True
     """When the pool is full, the next free slot goes to the tenant with the fewest requests in
     service (fair_queue.py); False: plain FCFS (the baseline)."""
+    tenant_preemption: bool = False
+    """With tenant_fairness, when the pool is full: a waiting tenant takes a running request's
+    slot from the tenant with the most in service, if it holds at least two more (preemption.py;
+    the preempted request resumes later from its tokens, as after a move)."""
     max_tenant_share: float = 1.0
     """The share of the pool's slots (the ready workers' scoring.slots) one named tenant
     may hold; its further requests wait even while slots are free. 1.0: no cap. Requests

@@ -23,7 +23,7 @@ import itertools
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Mapping
 
-from services.router import scoring
+from services.router import preemption, scoring
 from services.router.config import PolicyConfig
 from services.router.fair_queue import FairQueue
 from services.router.decisions import (
@@ -113,8 +113,9 @@ class RouterPolicy:
         self._requests[rid] = tracked
         if worker is None:
             queue.append(rid, request.tenant, now)
-            # With a cap, requests of a capped tenant wait while slots are free: this one may not.
-            return self._dispatch(now) if capped else []
+            # With a cap, requests of a capped tenant wait while slots are free: this one may not;
+            # with preemption, this one may take a running request's slot.
+            return self._dispatch(now) if capped or self.config.tenant_preemption else []
         return [self._assign(tracked, worker)] + self._drive(now)
 
     def on_worker_state(self, state: WorkerState, now: float) -> list[Decision]:
@@ -142,7 +143,7 @@ class RouterPolicy:
             tracked = self._requests.get(rid)
             if tracked is None and rid not in self._finished:
                 view.foreign += 1  # e.g. assigned by a previous router; its redelivery will adopt it
-            elif tracked is not None and tracked.worker_id is None:
+            elif tracked is not None and tracked.worker_id is None and tracked.dropped_by != view.worker_id:
                 self._queues[tracked.model].remove(rid)
                 self._place(tracked, view, adopted=True)
             elif rid not in view.assigned:
@@ -450,6 +451,7 @@ class RouterPolicy:
     def _place(self, tracked: TrackedRequest, view: WorkerView, adopted: bool = False) -> None:
         self._set_worker(tracked, view.worker_id)
         tracked.misses = 0
+        tracked.dropped_by = None
         view.assigned.add(tracked.request.id)
         request = tracked.request
         resumed = tracked.prefix
@@ -510,9 +512,51 @@ class RouterPolicy:
                 if worker is not None:
                     best, best_key = (head, worker), key
             if best is None:
-                return decisions + self._drive(now)
+                preempted = self._preempt(now, blocked) if fair and self.config.tenant_preemption else []
+                if not preempted:
+                    return decisions + self._drive(now)
+                decisions += preempted
+                continue
             self._queues[best[0].model].remove(best[0].request.id)
             decisions.append(self._assign(*best))
+
+    def _preempt(self, now: float, blocked) -> list[Decision]:
+        """The pool is full: the least-served waiting tenant takes a slot from the most-served
+        (preemption.py), on a worker that can serve its request's model. Returns the Cancel of
+        the victim and the Assign of the waiting request, or nothing."""
+        if self.config.prefill_workers:
+            return []  # (disaggregated roles: not handled)
+        heads = [(m, w) for m, q in self._queues.items() if (w := q.next(self._in_service, True, blocked))]
+        heads.sort(key=lambda h: (self._in_service[h[1].tenant], h[1].accepted_at))
+        if not heads or max(self._in_service.values(), default=0) < self._in_service[heads[0][1].tenant] + 2:
+            return []  # no tenant holds two more than the least-served waiting one: the common case
+        for model, waiting in heads:
+            hosts = {v.worker_id: v for v in self._live(now) if self._may_host(v, model)}
+            # Workers already holding the model first: the request joins its batch there (_home).
+            holders = {w for w in hosts if self._holds(w, model)}
+            chosen = None
+            for among in (holders, hosts.keys() - holders):
+                running = [
+                    preemption.Running(t.request.id, t.request.tenant, t.worker_id, t.prefix, t.accepted_at, t.preempted)
+                    for t in self._requests.values() if t.worker_id in among
+                ]
+                chosen = preemption.victim(waiting.tenant, self._in_service, running)
+                if chosen is not None:
+                    break
+            if chosen is None:
+                continue
+            victim = self._requests[chosen.request_id]
+            victim.preempted, victim.dropped_by = True, chosen.worker_id
+            self._requeue([chosen.request_id])
+            self._queues[model].remove(waiting.request_id)
+            return [Cancel(chosen.worker_id, chosen.request_id), self._assign(self._requests[waiting.request_id], hosts[chosen.worker_id])]
+        return []
+
+    def _may_host(self, view: WorkerView, model: str) -> bool:
+        """Whether the worker could take a request of the model once a slot frees there."""
+        if not (view.ready and not view.drained and model in view.serving):
+            return False
+        return not self._replicated(model) or model in self._placed.get(view.worker_id, ())
 
     def _requeue(self, rids: list[str]) -> None:
         """Requests whose worker died or lost them go back to their queue in arrival order."""

@@ -317,3 +317,14 @@ class TenantCapMachine(RouterMachine):
 
 TenantCapMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=60, deadline=None)
 test_tenant_cap_policy_properties = TenantCapMachine.TestCase
+
+
+class TenantPreemptionMachine(RouterMachine):
+    """Waiting tenants take slots from the most-served one: every request is still answered,
+    held at most once, and the per-tenant counts stay true through the cancels and resumes."""
+
+    config = replace(CONFIG, tenant_preemption=True)
+
+
+TenantPreemptionMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=60, deadline=None)
+test_tenant_preemption_policy_properties = TenantPreemptionMachine.TestCase

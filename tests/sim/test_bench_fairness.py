@@ -37,7 +37,7 @@ def test_fairness_keeps_the_market_served_through_a_burst_and_the_burst_pays():
 
     assert result.returncode == 0, result.stderr
     r = json.loads(result.stdout)
-    for side in ("fair", "fcfs"):
+    for side in ("fair", "fcfs", "preempt"):
         assert r[side]["all"]["completed"] == r[side]["all"]["requests"] == 637 - 200, "every request served"
     assert r["market_alone"]["attainment"] >= 0.95, "the pool fits the market alone"
     fair, fcfs = r["fair"], r["fcfs"]
