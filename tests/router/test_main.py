@@ -8,6 +8,15 @@ def test_the_attainment_window_flag_reaches_the_policy():
     assert build_config(args).policy.attainment_window_s == 30.0
 
 
+def test_the_tenant_flags_reach_the_policy():
+    plain = build_config(build_parser().parse_args(["--nats", "nats://x:1"])).policy
+    assert (plain.tenant_fairness, plain.tenant_preemption, plain.max_tenant_share) == (True, False, 1.0)
+    args = ["--nats", "nats://x:1", "--tenant-preemption", "--max-tenant-share", "0.5"]
+    policy = build_config(build_parser().parse_args(args)).policy
+    assert (policy.tenant_preemption, policy.max_tenant_share) == (True, 0.5)
+    assert not build_config(build_parser().parse_args(["--nats", "nats://x:1", "--no-tenant-fairness"])).policy.tenant_fairness
+
+
 def test_a_window_that_is_not_positive_stops_the_router_naming_it(capsys, tmp_path):
     catalog = tmp_path / "catalog.toml"
     catalog.write_text('[[models]]\nname = "m"\npath = "m"\n')
