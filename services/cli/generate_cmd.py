@@ -76,6 +76,7 @@ def generate(args: argparse.Namespace) -> int:
         repetition_penalty=args.repetition_penalty,
         logit_bias=tuple(args.logit_bias),
     )
+    params.validate()  # before the model loads: a bad flag costs no load time
     engine = build_engine(store, [args.model], device=args.device)
     started = time.perf_counter()
     engine.activate(args.model)

@@ -26,7 +26,9 @@ class GatewayConfig:
     max_body_bytes: int = 1 * MIB
     """Largest request body accepted; larger ones get 413."""
     max_inflight: int = 512
-    """Requests this gateway serves at once; more get 429 with Retry-After."""
+    """HTTP requests this gateway serves at once; more get 429 with Retry-After. One request with
+    n choices (or several prompts) counts once here; upstream, each choice is a request, and the
+    router's queues (max_queue_per_model) bound those."""
     stall_timeout_s: float = 120.0
     """A request that receives no token for this long fails with 504 (and is cancelled upstream)."""
     router_stale_s: float = 3.0

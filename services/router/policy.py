@@ -74,6 +74,8 @@ class RouterPolicy:
         self._queues: dict[str, FairQueue] = {m: FairQueue() for m in self._models}
         self._in_service: Counter[str] = Counter()
         """Tenant -> its requests assigned to a worker (fair_queue.py)."""
+        self._dropping: dict[str, str] = {}
+        """Preempted request -> the worker told to drop it, until that worker lets go."""
         self._finished: OrderedDict[str, None] = OrderedDict()
         self._arrivals: Counter[str] = Counter()
         self._asked_tokens: Counter[str] = Counter()
@@ -143,13 +145,14 @@ class RouterPolicy:
             tracked = self._requests.get(rid)
             if tracked is None and rid not in self._finished:
                 view.foreign += 1  # e.g. assigned by a previous router; its redelivery will adopt it
-            elif tracked is not None and tracked.worker_id is None and tracked.dropped_by != view.worker_id:
+            elif tracked is not None and tracked.worker_id is None and tracked.dropped_by is None:
                 self._queues[tracked.model].remove(rid)
                 self._place(tracked, view, adopted=True)
             elif rid not in view.assigned:
                 view.foreign += tracked is not None
                 if rid not in before:  # another worker holds it, or it is over: stop this copy once
                     decisions.append(Cancel(view.worker_id, rid))
+        self._release_dropped(view.worker_id, keep=view.reported_running)
         lost = []
         # A hand-off turn lets its requests go before its report says so: the report decides.
         handing_off = set(turn.request_ids) if turn is not None and turn.hand_off else set()
@@ -229,6 +232,7 @@ class RouterPolicy:
     def tick(self, now: float) -> list[Decision]:
         for view in [v for v in self._workers.values() if not v.is_live(now, self.config.worker_timeout_s)]:
             self._requeue(list(view.assigned))
+            self._release_dropped(view.worker_id)
             del self._workers[view.worker_id]
             self._schedules.pop(view.worker_id, None)
         decisions: list[Decision] = []
@@ -521,36 +525,52 @@ class RouterPolicy:
             decisions.append(self._assign(*best))
 
     def _preempt(self, now: float, blocked) -> list[Decision]:
-        """The pool is full: the least-served waiting tenant takes a slot from the most-served
-        (preemption.py), on a worker that can serve its request's model. Returns the Cancel of
-        the victim and the Assign of the waiting request, or nothing."""
+        """The pool is full: each model's next waiting request, least-served tenant first, may
+        take a slot from the most-served tenant (preemption.py) on a worker that can serve its
+        model. Returns the Cancel of the victim and the Assign of the waiting request, or nothing."""
         if self.config.prefill_workers:
             return []  # (disaggregated roles: not handled)
         heads = [(m, w) for m, q in self._queues.items() if (w := q.next(self._in_service, True, blocked))]
         heads.sort(key=lambda h: (self._in_service[h[1].tenant], h[1].accepted_at))
         if not heads or max(self._in_service.values(), default=0) < self._in_service[heads[0][1].tenant] + 2:
             return []  # no tenant holds two more than the least-served waiting one: the common case
+        running = [
+            preemption.Running(t.request.id, t.request.tenant, t.worker_id, t.prefix, t.accepted_at, t.preempted)
+            for t in self._requests.values() if t.worker_id is not None and not t.preempted
+        ]
+        live = self._live(now)
         for model, waiting in heads:
-            hosts = {v.worker_id: v for v in self._live(now) if self._may_host(v, model)}
+            hosts = {v.worker_id: v for v in live if self._may_host(v, model)}
             # Workers already holding the model first: the request joins its batch there (_home).
             holders = {w for w in hosts if self._holds(w, model)}
             chosen = None
             for among in (holders, hosts.keys() - holders):
-                running = [
-                    preemption.Running(t.request.id, t.request.tenant, t.worker_id, t.prefix, t.accepted_at, t.preempted)
-                    for t in self._requests.values() if t.worker_id in among
-                ]
-                chosen = preemption.victim(waiting.tenant, self._in_service, running)
+                chosen = preemption.victim(waiting.tenant, self._in_service, [r for r in running if r.worker_id in among])
                 if chosen is not None:
                     break
             if chosen is None:
                 continue
             victim = self._requests[chosen.request_id]
+            # It waits outside its queue until its worker lets go (_release_dropped): placed
+            # again sooner, it could resume from a prefix the old worker is still extending.
+            self._workers_assigned_discard(victim)
+            self._set_worker(victim, None)
             victim.preempted, victim.dropped_by = True, chosen.worker_id
-            self._requeue([chosen.request_id])
+            self._dropping[chosen.request_id] = chosen.worker_id
             self._queues[model].remove(waiting.request_id)
             return [Cancel(chosen.worker_id, chosen.request_id), self._assign(self._requests[waiting.request_id], hosts[chosen.worker_id])]
         return []
+
+    def _release_dropped(self, worker_id: str, keep: frozenset[str] | set[str] = frozenset()) -> None:
+        """Preempted requests the worker no longer holds (its report omits them, or it is gone)
+        go back to their queues in arrival order."""
+        for rid in [r for r, w in self._dropping.items() if w == worker_id and r not in keep]:
+            del self._dropping[rid]
+            tracked = self._requests[rid]
+            tracked.dropped_by = None
+            queue = self._queues[tracked.model]
+            queue.append(rid, tracked.request.tenant, tracked.accepted_at)
+            queue.resort()
 
     def _may_host(self, view: WorkerView, model: str) -> bool:
         """Whether the worker could take a request of the model once a slot frees there."""
@@ -579,7 +599,8 @@ class RouterPolicy:
     def _finish(self, rid: str) -> None:
         tracked = self._requests.pop(rid)
         if tracked.worker_id is None:
-            self._queues[tracked.model].remove(rid)
+            if self._dropping.pop(rid, None) is None:  # (a preempted one waits in no queue)
+                self._queues[tracked.model].remove(rid)
         else:
             self._workers_assigned_discard(tracked)
             self._set_worker(tracked, None)

@@ -36,6 +36,13 @@ def test_a_seeded_top_p_request_is_reproducible_among_greedy_top_k_and_penalised
     assert batched["r"].token_ids == alone.token_ids
 
 
+def test_a_seeded_request_that_moved_continues_as_it_would_have(engine, prompt_ids):
+    params = dict(temperature=1.0, top_p=0.95, seed=11, ignore_eos=True)
+    whole = _run(engine, prompt_ids[2], max_tokens=12, **params).token_ids
+    request = EngineRequest("m", MODEL, prompt_ids[2] + tuple(whole[:6]), SamplingParams(max_tokens=6, **params), resumed=6)
+    assert run_to_completion(engine, [request])["m"].token_ids == whole[6:]
+
+
 def test_different_seeds_differ(engine, prompt_ids):
     outs = {tuple(_run(engine, prompt_ids[2], max_tokens=16, temperature=1.0, seed=s).token_ids) for s in range(4)}
     assert len(outs) > 1
@@ -45,6 +52,9 @@ def test_top_k_1_and_tiny_top_p_are_greedy(engine, prompt_ids):
     greedy = _run(engine, prompt_ids[0], max_tokens=12, temperature=0).token_ids
     assert _run(engine, prompt_ids[0], max_tokens=12, temperature=1.5, top_k=1, seed=7).token_ids == greedy
     assert _run(engine, prompt_ids[0], max_tokens=12, temperature=1.5, top_p=1e-6, seed=7).token_ids == greedy
+    # values the API accepts that float32 cannot hold: still the greedy tokens, not junk
+    assert _run(engine, prompt_ids[0], max_tokens=12, temperature=1.5, top_p=1e-50, seed=7).token_ids == greedy
+    assert _run(engine, prompt_ids[0], max_tokens=12, temperature=1e-39, seed=7).token_ids == greedy
 
 
 def test_max_tokens_gives_exactly_that_many_and_length(engine, prompt_ids):

@@ -41,11 +41,13 @@ def test_a_waiting_tenant_takes_the_slot_of_the_newest_request_of_the_tenant_hol
     assert [(type(d).__name__, d.worker_id, getattr(d, "request_id", None) or d.request.id)
             for d in decisions if isinstance(d, (Cancel, Assign))] == [("Cancel", "w1", "big2"), ("Assign", "w1", "small0")]
     assert p.holder("big2") is None and p.holder("small0") == "w1"
-    assert p.snapshot(0.3).pending == 3, "big2 waits again, behind big3 and big4 in arrival order"
-    # The worker has not dropped big2 yet: its report must not put it back on the worker.
+    # Until the worker lets go of big2 it waits in no queue: placed again now, it could resume
+    # from a prefix the old worker is still extending. Nor does the worker's report re-adopt it.
+    assert p.snapshot(0.3).pending == 2
     p.on_worker_state(state("w1", 2, running=("big0", "big1", "big2")), now=0.4)
-    assert p.holder("big2") is None
+    assert p.holder("big2") is None and p.snapshot(0.4).pending == 2
     p.on_worker_state(state("w1", 3, running=("big0", "big1", "small0")), now=0.45)  # it let go
+    assert p.snapshot(0.45).pending == 3, "big2 waits again, ahead of big3 and big4 (arrival order)"
     # A second small request: big holds 2, small 1 -> the swap would turn the order around.
     assert not [d for d in p.submit(request("small1", tenant="small"), now=0.5) if isinstance(d, Cancel)]
     assert finish(p, "small0", "w1", 0.6) == ["small1"], "small is the least served again"
@@ -58,6 +60,7 @@ def test_a_preempted_request_resumes_from_its_tokens_and_is_never_preempted_agai
     p.on_tokens(tokens("big2", 0, (9, 9), "w1"), now=0.25)
     [cancel, _] = [d for d in p.submit(request("small0", "b", tenant="small"), now=0.3) if isinstance(d, (Cancel, Assign))]
     assert cancel.request_id == "big1", "big1 produced the fewest tokens (one)"
+    p.on_worker_state(state("w1", 2, running=("big0", "big2", "small0")), now=0.4)  # it let go of big1
     resumed = [d for d in p.on_tokens(tokens("big0", 3, (), "w1", finish="stop"), now=0.5) if isinstance(d, Assign)]
     assert [(d.request.id, d.resume_token_ids) for d in resumed] == [("big1", (8,))]
     # big holds 2 (big1, big2) and small 1: a new tenant may preempt, but never big1 again.
@@ -69,3 +72,17 @@ def test_without_preemption_the_waiting_tenant_waits_for_a_free_slot():
     p = _full_pool(preempt=False)
     assert not [d for d in p.submit(request("small0", "b", tenant="small"), now=0.3) if isinstance(d, (Cancel, Assign))]
     assert finish(p, "big0", "w1", 0.4) == ["small0"]
+
+
+def test_a_preempted_request_that_its_worker_finishes_or_a_dead_worker_leaves_is_not_lost():
+    p = _full_pool(preempt=True)
+    p.submit(request("small0", "b", tenant="small"), now=0.3)  # big2 preempted, not yet let go
+    assert finish(p, "big2", "w1", 0.35) == [], "its last token came before the cancel: it is done"
+    assert p.holder("big2") is None and p.snapshot(0.35).pending == 2
+
+    q = _full_pool(preempt=True)
+    q.submit(request("small0", "b", tenant="small"), now=0.3)
+    q.on_worker_state(state("w2", 1), now=9.0)  # w1 falls silent; w2 arrives and takes big3, big4
+    assert q.snapshot(9.0).pending == 0, "big2 waits for w1 to let go"
+    assigned = [d.request.id for d in q.tick(now=9.5) if isinstance(d, Assign)]
+    assert assigned == ["small0"] and q.snapshot(9.5).pending == 3, "w1 is gone: big0, big1 and big2 wait again"

@@ -66,15 +66,15 @@ def _adjust(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
 
 def _adjust_row(row: torch.Tensor, seq: Sequence) -> None:
     p = seq.params
+    counts, seen = seq.token_counts()
     if p.repetition_penalty != 1.0:
-        seen = torch.tensor(seq.token_ids, device=row.device).unique()
-        values = row[seen]
-        row[seen] = torch.where(values > 0, values / p.repetition_penalty, values * p.repetition_penalty)
-    if p.presence_penalty or p.frequency_penalty:
-        completion = seq.completion_ids
-        if completion:
-            ids, counts = torch.tensor(completion, device=row.device).unique(return_counts=True)
-            row[ids] -= p.frequency_penalty * counts.to(row.dtype) + p.presence_penalty
+        ids = torch.tensor(list(seen), device=row.device)
+        values = row[ids]
+        row[ids] = torch.where(values > 0, values / p.repetition_penalty, values * p.repetition_penalty)
+    if (p.presence_penalty or p.frequency_penalty) and counts:
+        ids = torch.tensor(list(counts), device=row.device)
+        times = torch.tensor(list(counts.values()), device=row.device, dtype=row.dtype)
+        row[ids] -= p.frequency_penalty * times + p.presence_penalty
     if p.logit_bias:
         ids = torch.tensor([t for t, _ in p.logit_bias], device=row.device)
         row[ids] += torch.tensor([b for _, b in p.logit_bias], device=row.device, dtype=row.dtype)
@@ -126,7 +126,9 @@ def _sample_truncated(scaled: torch.Tensor, params: list[SamplingParams], unifor
         # top-k rows renormalise among their k tokens; top-p alone counts mass in the whole vocabulary
         norm = torch.where(by_k[pending, None], torch.logsumexp(values, dim=-1, keepdim=True), log_norm[pending])
         probs = torch.exp(values - norm)
-        found = (probs.sum(dim=-1) >= top_p[pending]) | (width == vocab)
+        # (a top-k row's candidates are all of its k: found at once; its renormalised sum can
+        # round to just under 1 and must not send it looking wider)
+        found = by_k[pending] | (probs.sum(dim=-1) >= top_p[pending]) | (width == vocab)
         if found.any():
             done = pending[found]
             chosen[done] = _nucleus_pick(probs[found], ids[found], top_p[done], uniform[done])
@@ -139,7 +141,9 @@ def _sample_truncated(scaled: torch.Tensor, params: list[SamplingParams], unifor
 def _nucleus_pick(probs: torch.Tensor, ids: torch.Tensor, top_p: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
     """probs and ids: candidates most likely first. Keeps the smallest prefix whose mass reaches
     top_p (the first token always stays) and draws from it."""
-    probs = probs.masked_fill(probs.cumsum(dim=-1) - probs >= top_p[:, None], 0.0)
+    drop = probs.cumsum(dim=-1) - probs >= top_p[:, None]
+    drop[:, 0] = False  # (a top_p that rounds to 0 in float32 would drop it too)
+    probs = probs.masked_fill(drop, 0.0)
     return ids.gather(1, _inverse_cdf(probs, uniform)[:, None])[:, 0]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import math
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
@@ -68,7 +69,8 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        """Temperature 0, or so close to it that logits / temperature would overflow float32."""
+        return self.temperature < GREEDY_BELOW
 
     @property
     def adjusts_logits(self) -> bool:
@@ -76,6 +78,8 @@ class SamplingParams:
 
 
 MAX_TOP_LOGPROBS = 20
+GREEDY_BELOW = 1e-5
+"""Temperatures under this decode greedily (vLLM's rule too)."""
 
 
 def _finite(x) -> bool:
@@ -126,6 +130,9 @@ class Sequence:
     finish_reason: str | None = None
     output_logprobs: list[float] = field(default_factory=list)
     generator: torch.Generator | None = None
+    _counts: Counter[int] | None = field(default=None, repr=False)
+    _seen: set[int] = field(default_factory=set, repr=False)
+    _counted: int = field(default=0, repr=False)
 
     def __post_init__(self):
         self.token_ids = list(self.request.prompt_token_ids)
@@ -134,6 +141,10 @@ class Sequence:
             if seed is None:
                 seed = int.from_bytes(os.urandom(8), "little") >> 1
             self.generator = torch.Generator().manual_seed(seed)
+            # The sampler draws one number per token: skip those of the tokens written before a
+            # move, so a seeded request continues as it would have where it started.
+            for _ in range(self.request.resumed):
+                torch.rand((), generator=self.generator)
 
     @property
     def request_id(self) -> str:
@@ -155,10 +166,18 @@ class Sequence:
     def output_ids(self) -> list[int]:
         return self.token_ids[self.num_prompt :]
 
-    @property
-    def completion_ids(self) -> list[int]:
-        """The whole completion so far, with tokens produced before a move."""
-        return self.token_ids[self.num_prompt - self.request.resumed :]
+    def token_counts(self) -> tuple[Counter[int], set[int]]:
+        """(how often each token occurs in the completion so far, counting tokens produced
+        before a move; every token of the prompt and completion), for the penalties. Kept up to
+        date as tokens come, not recounted over the whole context at each step."""
+        if self._counts is None:
+            self._counts, self._seen, self._counted = Counter(), set(), 0
+        start = self.num_prompt - self.request.resumed
+        new = self.token_ids[self._counted :]
+        self._seen.update(new)
+        self._counts.update(self.token_ids[max(self._counted, start) :])
+        self._counted = len(self.token_ids)
+        return self._counts, self._seen
 
     @property
     def num_uncached(self) -> int:
