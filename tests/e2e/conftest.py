@@ -170,6 +170,8 @@ class StateWatcher:
 
         self.url = nats_url
         self.workers: dict = {}
+        self.ran_on: dict[str, set[str]] = {}
+        """Request id -> every worker whose report ever listed it."""
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -189,6 +191,8 @@ class StateWatcher:
         async def on_state(msg):
             state = decode(msg.data, WorkerState)
             self.workers[state.worker_id] = state
+            for rid in state.running:
+                self.ran_on.setdefault(rid, set()).add(state.worker_id)
 
         self._nc = await nats.connect(self.url, max_reconnect_attempts=-1, reconnect_time_wait=0.3)
         await self._nc.subscribe(subjects.WORKER_STATE, cb=on_state)

@@ -42,7 +42,7 @@ def test_a_drain_order_moves_a_streaming_request_to_another_worker_and_the_text_
         watcher = StateWatcher(stack.nats.url)
         client = openai.OpenAI(base_url=stack.base_url + "/v1", api_key="unused", max_retries=0, timeout=120)
         models = tuple(sorted(stack.health()[1]["models"]))
-        holders, parts, request_id, moved_at = [], [], None, None
+        parts, request_id, moved_at = [], None, None
         stream = client.chat.completions.create(
             model=SMOL, messages=STORY, max_tokens=MAX_TOKENS, temperature=0, stream=True
         )
@@ -61,15 +61,13 @@ def test_a_drain_order_moves_a_streaming_request_to_another_worker_and_the_text_
                     drains=(DrainOrder(source, (RequestMove(request_id, target),)),),
                 ))
                 moved_at = len(parts)
-            if moved_at is not None and len(holders) < 1:
-                holder = watcher.holder_of(request_id, timeout=0.01)
-                if holder == target:
-                    holders.append(holder)
         tok = Tokenizer(model_store.path(SMOL))
         expected = tok.decode(greedy_reference(SMOL, tuple(tok.encode_chat(STORY)), MAX_TOKENS))
 
         assert "".join(parts) == expected, "the moved request's text differs from an unmoved run"
-        assert holders == [target], f"the request never ran on {target} after the move"
+        # (a worker reports on every change, so the target's report of taking it is never skipped;
+        # polling for it between chunks missed it on a loaded machine)
+        assert target in watcher.ran_on.get(request_id, set()), f"the request never ran on {target} after the move"
         # the drained worker takes no new request: the next one runs on the target
         follow = client.chat.completions.create(model=SMOL, messages=STORY, max_tokens=40, temperature=0, stream=True)
         seen = set()
