@@ -9,6 +9,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import openai
 import pytest
 import pytest_asyncio
 
@@ -252,3 +253,12 @@ async def eventually(predicate, timeout: float = 10.0):
             return value
         await asyncio.sleep(0.05)
     raise AssertionError("condition not met in time")
+
+
+@pytest_asyncio.fixture(**MODULE)
+async def client(gateway, router, echo_worker):
+    """The official openai client on the gateway, once it is ready (router and echo worker up)."""
+    await wait_ready(gateway)
+    c = openai.AsyncOpenAI(base_url=gateway.base_url + "/v1", api_key="unused", max_retries=0, timeout=30)
+    yield c
+    await c.close()

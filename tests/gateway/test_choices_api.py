@@ -7,21 +7,12 @@ import json
 import aiohttp
 import openai
 import pytest
-import pytest_asyncio
 
-from tests.gateway.conftest import MODULE, SMOL, eventually, wait_ready
+from tests.gateway.conftest import SMOL, eventually
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 TEXT = "héllo 🌍 wörld and more"
-
-
-@pytest_asyncio.fixture(**MODULE)
-async def client(gateway, router, echo_worker):
-    await wait_ready(gateway)
-    c = openai.AsyncOpenAI(base_url=gateway.base_url + "/v1", api_key="unused", max_retries=0, timeout=30)
-    yield c
-    await c.close()
 
 
 async def sse_events(gateway, path: str, body: dict) -> list:
