@@ -73,7 +73,7 @@ def engine_request(msg: AssignRequest, context_length: int | None) -> EngineRequ
         presence_penalty=s.presence_penalty,
         frequency_penalty=s.frequency_penalty,
         repetition_penalty=s.repetition_penalty,
-        logit_bias=tuple(s.logit_bias),
+        logit_bias=s.logit_bias,
     )
     return EngineRequest(req.id, req.model, prompt, params, resumed=len(resume))
 

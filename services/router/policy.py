@@ -75,7 +75,8 @@ class RouterPolicy:
         self._in_service: Counter[str] = Counter()
         """Tenant -> its requests assigned to a worker (fair_queue.py)."""
         self._dropping: dict[str, str] = {}
-        """Preempted request -> the worker told to drop it, until that worker lets go."""
+        """Preempted request -> the worker told to drop it, until that worker lets go (meanwhile
+        the request waits in no queue, and that worker's reports of it do not re-adopt it)."""
         self._finished: OrderedDict[str, None] = OrderedDict()
         self._arrivals: Counter[str] = Counter()
         self._asked_tokens: Counter[str] = Counter()
@@ -145,7 +146,7 @@ class RouterPolicy:
             tracked = self._requests.get(rid)
             if tracked is None and rid not in self._finished:
                 view.foreign += 1  # e.g. assigned by a previous router; its redelivery will adopt it
-            elif tracked is not None and tracked.worker_id is None and tracked.dropped_by is None:
+            elif tracked is not None and tracked.worker_id is None and rid not in self._dropping:
                 self._queues[tracked.model].remove(rid)
                 self._place(tracked, view, adopted=True)
             elif rid not in view.assigned:
@@ -455,7 +456,6 @@ class RouterPolicy:
     def _place(self, tracked: TrackedRequest, view: WorkerView, adopted: bool = False) -> None:
         self._set_worker(tracked, view.worker_id)
         tracked.misses = 0
-        tracked.dropped_by = None
         view.assigned.add(tracked.request.id)
         request = tracked.request
         resumed = tracked.prefix
@@ -536,7 +536,7 @@ class RouterPolicy:
             return []  # no tenant holds two more than the least-served waiting one: the common case
         running = [
             preemption.Running(t.request.id, t.request.tenant, t.worker_id, t.prefix, t.accepted_at, t.preempted)
-            for t in self._requests.values() if t.worker_id is not None and not t.preempted
+            for t in self._requests.values() if t.worker_id is not None
         ]
         live = self._live(now)
         for model, waiting in heads:
@@ -555,7 +555,7 @@ class RouterPolicy:
             # again sooner, it could resume from a prefix the old worker is still extending.
             self._workers_assigned_discard(victim)
             self._set_worker(victim, None)
-            victim.preempted, victim.dropped_by = True, chosen.worker_id
+            victim.preempted = True
             self._dropping[chosen.request_id] = chosen.worker_id
             self._queues[model].remove(waiting.request_id)
             return [Cancel(chosen.worker_id, chosen.request_id), self._assign(self._requests[waiting.request_id], hosts[chosen.worker_id])]
@@ -567,7 +567,6 @@ class RouterPolicy:
         for rid in [r for r, w in self._dropping.items() if w == worker_id and r not in keep]:
             del self._dropping[rid]
             tracked = self._requests[rid]
-            tracked.dropped_by = None
             queue = self._queues[tracked.model]
             queue.append(rid, tracked.request.tenant, tracked.accepted_at)
             queue.resort()

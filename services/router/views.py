@@ -96,9 +96,6 @@ class TrackedRequest:
     """A KV hand-off entry a prefill worker left for it, until a decode worker takes it."""
     preempted: bool = False
     """It gave its slot to another tenant once (preemption.py): never again."""
-    dropped_by: str | None = None
-    """The worker told to drop it while it waits in its queue: that worker's reports of it
-    until it lets go must not re-adopt it."""
     seen_at: list[float] = field(default_factory=list)
     """When the router saw each new token (the client sees it then too), for its SLO attainment."""
 

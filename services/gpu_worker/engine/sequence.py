@@ -130,7 +130,7 @@ class Sequence:
     finish_reason: str | None = None
     output_logprobs: list[float] = field(default_factory=list)
     generator: torch.Generator | None = None
-    _counts: Counter[int] | None = field(default=None, repr=False)
+    _counts: Counter[int] = field(default_factory=Counter, repr=False)
     _seen: set[int] = field(default_factory=set, repr=False)
     _counted: int = field(default=0, repr=False)
 
@@ -170,8 +170,6 @@ class Sequence:
         """(how often each token occurs in the completion so far, counting tokens produced
         before a move; every token of the prompt and completion), for the penalties. Kept up to
         date as tokens come, not recounted over the whole context at each step."""
-        if self._counts is None:
-            self._counts, self._seen, self._counted = Counter(), set(), 0
         start = self.num_prompt - self.request.resumed
         new = self.token_ids[self._counted :]
         self._seen.update(new)
