@@ -15,11 +15,13 @@ tokenpool bench fairness --json --out bench/results/fairness-h100-sim.json
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import replace
 from pathlib import Path
 
 from services.cli.bench_market import PAPER_WORKLOADS
+from services.router.config import PolicyConfig
 from services.cli.bench_run import machine_brief, run_bench
 
 BURST_TENANT = "burst"
@@ -45,6 +47,9 @@ def register(kinds) -> None:
                    "worker asks for, this burst never queues)")
     p.add_argument("--max-tenant-share", type=float, default=None,
                    help="also run fairness with this cap on one tenant's share of the slots (router --max-tenant-share)")
+    p.add_argument("--max-round-load", type=float, default=PolicyConfig.max_round_load,
+                   help="router --max-round-load for every run but the 'scattered' one, which has none "
+                   "(default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="also write the JSON object to this file")
     p.add_argument("--json", action="store_true", help="print the JSON object instead of a summary")
@@ -82,15 +87,17 @@ def _run(args) -> dict:
         workload = with_burst(base, args.tenants, args.burst, args.burst_at, args.burst_models, args.seed)
         cost = CostModel.for_models(args.gpu_profile, workload.architectures)
         alone = with_burst(base, args.tenants, 0, args.burst_at, args.burst_models, args.seed)
-        runs = [("alone", True, alone, 1.0, False), ("fair", True, workload, 1.0, False),
-                ("fcfs", False, workload, 1.0, False), ("preempt", True, workload, 1.0, True)]
+        load = args.max_round_load
+        runs = [("alone", True, alone, 1.0, False, load), ("fair", True, workload, 1.0, False, load),
+                ("fcfs", False, workload, 1.0, False, load), ("preempt", True, workload, 1.0, True, load),
+                ("scattered", True, workload, 1.0, False, math.inf)]
         if args.max_tenant_share is not None:
-            runs.append(("capped", True, workload, args.max_tenant_share, False))
+            runs.append(("capped", True, workload, args.max_tenant_share, False, load))
         sides = {}
-        for name, fair, arrivals, share, preempt in runs:
+        for name, fair, arrivals, share, preempt, load in runs:
             try:
                 policy = replace(policy_config(cost, "token"), tenant_fairness=fair, tenant_preemption=preempt,
-                                 max_running_per_worker=args.slots, max_tenant_share=share)
+                                 max_running_per_worker=args.slots, max_tenant_share=share, max_round_load=load)
             except ValueError as e:
                 raise SimError(str(e)) from None
             result = simulate(arrivals, SimConfig(gpus=args.gpus, gpu_profile=args.gpu_profile, drain_s=600.0,
@@ -112,15 +119,18 @@ def _run(args) -> dict:
             "workload": base.name, "gpus": args.gpus, "gpu_profile": args.gpu_profile, "tenants": args.tenants,
             "burst": args.burst, "burst_at_s": args.burst_at, "burst_models": args.burst_models, "seed": args.seed,
             "slots_per_gpu": args.slots, "max_tenant_share": args.max_tenant_share,
+            "max_round_load": args.max_round_load,
         },
         "market_alone": sides["alone"]["market"],
         "fair": fair,
         "fcfs": fcfs,
         "preempt": sides["preempt"],
+        "scattered": sides["scattered"],
         **({"capped": sides["capped"]} if "capped" in sides else {}),
         "market_attainment_fair_over_fcfs": _ratio(fair["market"]["attainment"], fcfs["market"]["attainment"]),
         "market_attainment_preempt_over_fcfs": _ratio(sides["preempt"]["market"]["attainment"], fcfs["market"]["attainment"]),
         "burst_attainment_fair_over_fcfs": _ratio(fair["burst"]["attainment"], fcfs["burst"]["attainment"]),
+        "market_attainment_fair_over_scattered": _ratio(fair["market"]["attainment"], sides["scattered"]["market"]["attainment"]),
     }
 
 
@@ -142,7 +152,7 @@ def _format(r: dict) -> str:
         f"{c['slots_per_gpu']} requests per GPU",
         f"{'':28}{'requests':>9}{'attainment':>12}{'strict':>8}{'TTFT p50':>10}{'TTFT p99':>10}",
     ]
-    for side in ("fair", "preempt", "fcfs", "capped"):
+    for side in ("fair", "preempt", "fcfs", "capped", "scattered"):
         if side not in r:
             continue
         for group in ("market_before_burst", "market", "burst"):
@@ -150,7 +160,8 @@ def _format(r: dict) -> str:
     lines.append(_row("market alone (no burst)", r["market_alone"]))
     lines.append(f"market from the burst on: fair / FCFS attainment {r['market_attainment_fair_over_fcfs']} "
                  f"(with preemption {r['market_attainment_preempt_over_fcfs']}); "
-                 f"the burst's own: {r['burst_attainment_fair_over_fcfs']}")
+                 f"the burst's own: {r['burst_attainment_fair_over_fcfs']}; fair / fair without a round-load "
+                 f"limit ('scattered'): {r['market_attainment_fair_over_scattered']}")
     return "\n".join(lines)
 
 

@@ -68,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--max-quota", type=float, default=p.max_quota_s, help="longest decode turn while others wait (s)")
     parser.add_argument(
+        "--max-round-load", type=float, default=p.max_round_load,
+        help="a request of a model another worker holds waits for a slot there rather than add a turn to a worker "
+        "whose round would then need more than this share of its time (default %(default)s; 1.0: just keeps the TBT)",
+    )
+    parser.add_argument(
         "--prefill-workers", type=int, default=p.prefill_workers,
         help="disaggregated mode: this many workers only prefill, the rest only decode (default 0: both everywhere)",
     )
@@ -95,6 +100,7 @@ def build_config(args: argparse.Namespace) -> RouterConfig:
         weights=ScoreWeights(warmth=args.weight_warmth, load=args.weight_load, kv_headroom=args.weight_kv),
         scheduling=args.scheduling,
         max_quota_s=args.max_quota,
+        max_round_load=args.max_round_load,
         prefill_workers=args.prefill_workers,
         kv_handoff=args.kv_handoff,
         attainment_window_s=args.attainment_window,

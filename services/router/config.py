@@ -92,6 +92,12 @@ class PolicyConfig:
     scheduling: str = "token"
     """token: models take turns at token granularity with SLO-derived quotas (Aegaeon);
     request: one model at a time per worker until its requests finish (the baseline)."""
+    max_round_load: float = 0.6
+    """A request whose model a worker already holds does not open that model on another worker
+    whose round would then exceed this load (slo.quota.round_load: the share of the round the
+    batches need to keep their TBT, switches included; above 1 no quotas keep them all); it
+    waits for a slot beside its model's batch. Below 1 for the margin the estimate leaves out
+    (prefills, estimation error); bench/README.md has the sweep behind 0.6."""
     max_quota_s: float = 2.0
     """The longest decode turn while other models wait (Q_max of the quota formula)."""
     min_turn_steps: int = 4
@@ -121,6 +127,8 @@ class PolicyConfig:
             raise ValueError(f"scheduling {self.scheduling!r}: use one of {', '.join(SCHEDULING)}")
         if self.max_quota_s <= 0 or self.min_switch_s < 0:
             raise ValueError("max_quota_s must be > 0 and min_switch_s >= 0")
+        if not self.max_round_load > 0:
+            raise ValueError(f"max_round_load must be > 0 (1.0: a round that just keeps its TBT), got {self.max_round_load}")
         if self.min_turn_steps < 1:
             raise ValueError("min_turn_steps must be >= 1")
         if self.max_prefill_group < 1 or self.max_batch_size < 1:

@@ -330,6 +330,10 @@ class RouterPolicy:
             candidates = placed
         if holders:
             return min(holders, key=lambda v: (v.load, v.worker_id))
+        if self._kept_together(model, views):
+            candidates = [v for v in candidates if self._round_has_room(v, model)]
+            if not candidates:
+                return None  # it waits for a slot beside its model's batch
         return min(
             candidates,
             key=lambda v: (
@@ -340,6 +344,22 @@ class RouterPolicy:
                 v.worker_id,
             ),
         )
+
+    def _kept_together(self, model: str, views: list[WorkerView]) -> bool:
+        """Whether a request of the model should wait for a slot on a worker that holds it rather
+        than open the model on one whose round has no room for another turn (`_round_has_room`).
+        Without this, a full pool hands each freed slot to whatever request is next, and every
+        worker ends up holding most of the models: rounds of a dozen turns and switches that
+        keep no one's TBT. Not for models the autoscaler replicated (it chose their workers),
+        request-level scheduling (one model at a time anyway) or disaggregated roles."""
+        if self.config.scheduling != "token" or self.config.prefill_workers or self._replicated(model):
+            return False
+        return any(self._holds(v.worker_id, model) and self._may_host(v, model) for v in views)
+
+    def _round_has_room(self, view: WorkerView, model: str) -> bool:
+        """The worker's round with a turn of the model added stays within max_round_load."""
+        tbt_s = self._slos.get(model, DEFAULT_SLO)[1]
+        return self._schedule(view.worker_id).load_with(view, model, tbt_s) <= self.config.max_round_load
 
     def _holds(self, worker_id: str, model: str) -> bool:
         schedule = self._schedules.get(worker_id)
@@ -543,8 +563,11 @@ class RouterPolicy:
             hosts = {v.worker_id: v for v in live if self._may_host(v, model)}
             # Workers already holding the model first: the request joins its batch there (_home).
             holders = {w for w in hosts if self._holds(w, model)}
+            others = hosts.keys() - holders
+            if self._kept_together(model, live):
+                others = {w for w in others if self._round_has_room(hosts[w], model)}
             chosen = None
-            for among in (holders, hosts.keys() - holders):
+            for among in (holders, others):
                 chosen = preemption.victim(waiting.tenant, self._in_service, [r for r in running if r.worker_id in among])
                 if chosen is not None:
                     break

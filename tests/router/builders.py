@@ -26,8 +26,11 @@ def state(
     block_tokens: int = 0,
     turn_id: int = 0,
     max_running: int = 0,
+    weight_bytes: int = 0,
 ) -> WorkerState:
-    models = tuple(ModelResidency(m, t, block_tokens) for m, t in (tiers or {}).items())
+    """`weight_bytes`: every model's, those without a tier listed as on disk."""
+    tiers = tiers or ({m: "disk" for m in serving} if weight_bytes else {})
+    models = tuple(ModelResidency(m, t, block_tokens, weight_bytes) for m, t in tiers.items())
     return WorkerState(
         worker_id, ready, serving, models, active, running, free, total, "cpu", seq, float(seq) if ts is None else ts, turn_id,
         max_running=max_running,

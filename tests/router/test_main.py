@@ -1,4 +1,4 @@
-"""`python -m services.router` settings: the attainment window it reports to the autoscaler."""
+"""`python -m services.router` settings: the attainment window it reports to the autoscaler, tenant rules, the round-load limit."""
 
 from services.router.__main__ import build_config, build_parser, main
 
@@ -22,3 +22,13 @@ def test_a_window_that_is_not_positive_stops_the_router_naming_it(capsys, tmp_pa
     catalog.write_text('[[models]]\nname = "m"\npath = "m"\n')
     assert main(["--nats", "nats://127.0.0.1:1", "--catalog", str(catalog), "--attainment-window", "0"]) == 2
     assert "attainment_window_s must be > 0" in capsys.readouterr().err
+
+
+def test_the_round_load_flag_reaches_the_policy_and_a_bad_one_stops_the_router(capsys, tmp_path):
+    args = build_parser().parse_args(["--nats", "nats://x:1", "--max-round-load", "inf"])
+    assert build_config(args).policy.max_round_load == float("inf")  # no limit: the router before it
+    assert build_config(build_parser().parse_args(["--nats", "nats://x:1"])).policy.max_round_load == 0.6
+    catalog = tmp_path / "catalog.toml"
+    catalog.write_text('[[models]]\nname = "m"\npath = "m"\n')
+    assert main(["--nats", "nats://127.0.0.1:1", "--catalog", str(catalog), "--max-round-load", "-1"]) == 2
+    assert "max_round_load must be > 0" in capsys.readouterr().err

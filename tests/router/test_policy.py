@@ -1,6 +1,8 @@
 """The router policy's placement (which worker holds a request) driven by hand-built messages
 and a scripted clock; turn scheduling has its own tests (test_turns.py)."""
 
+import math
+
 import pytest
 
 from services.router.config import DEFAULT_SLOTS, PolicyConfig
@@ -61,6 +63,28 @@ def test_a_models_requests_gather_on_the_worker_holding_it_and_new_models_spread
     # a second request of b joins r2's batch on w1 rather than costing w2 a turn of b
     assert p.submit(request("r3", "b"), now=0.3)[0].worker_id == "w1"
     assert p.submit(request("r4", "a"), now=0.3)[0].worker_id == "w2"
+
+
+GB = 1_000_000_000
+
+
+@pytest.mark.parametrize("weight_bytes, limit, spills", [(GB, 0.6, False), (GB, math.inf, True), (GB // 10, 0.6, True)])
+def test_a_model_held_on_a_full_worker_waits_there_unless_another_round_has_room(weight_bytes, limit, spills):
+    """The router's CPU priors make one step of a 1 GB model 50 ms: half of a 100 ms TBT, so a
+    worker holding b has no room for a turn of a as well (round load 1.05). A request of a then
+    waits for a slot beside a's batch instead of adding a to w2's round. With a lighter model,
+    or no limit, it goes to w2's free slot at once. A model nobody holds opens anywhere."""
+    p = policy(max_running_per_worker=2, max_round_load=limit)
+    p.on_worker_state(state("w1", 1, weight_bytes=weight_bytes), now=0.0)
+    p.on_worker_state(state("w2", 1, weight_bytes=weight_bytes), now=0.0)
+    assert [p.submit(request(rid, model), now=0.1)[0].worker_id for rid, model in (("a1", "a"), ("b1", "b"), ("a2", "a"))] \
+        == ["w1", "w2", "w1"]
+    placed = [d.worker_id for d in p.submit(request("a3", "a"), now=0.2) if isinstance(d, Assign)]
+    assert placed == (["w2"] if spills else [])
+    if not spills:
+        assert finish(p, "a1", "w1", 0.3) == ["a3"], "the first slot freed beside a's batch"
+        assert p.holder("a3") == "w1"
+        assert p.submit(request("c1", "c"), now=0.4)[0].worker_id == "w2", "nobody holds c: it opens on the free slot"
 
 
 def test_unknown_model_gets_404_naming_the_known_ones():
@@ -348,6 +372,7 @@ def test_snapshot_reports_load_per_model():
         ("worker_timeout_s", 0, "2.0 is a good value"),
         ("max_running_per_worker", 0, ">= 1"),
         ("max_queue_per_model", -1, "0 rejects"),
+        ("max_round_load", 0, "1.0: a round that just keeps its TBT"),
     ],
 )
 def test_bad_policy_config_says_how_to_fix_it(field, value, hint):

@@ -4,7 +4,7 @@ from services.router.decisions import Assign, Cancel
 from services.router.preemption import Running, victim
 
 from .builders import request, state, tokens
-from .test_policy import finish, policy
+from .test_policy import GB, finish, policy
 
 
 def test_the_victim_is_the_most_served_tenants_request_with_the_fewest_tokens_then_the_newest():
@@ -86,3 +86,23 @@ def test_a_preempted_request_that_its_worker_finishes_or_a_dead_worker_leaves_is
     assert q.snapshot(9.0).pending == 0, "big2 waits for w1 to let go"
     assigned = [d.request.id for d in q.tick(now=9.5) if isinstance(d, Assign)]
     assert assigned == ["small0"] and q.snapshot(9.5).pending == 3, "w1 is gone: big0, big1 and big2 wait again"
+
+
+def test_a_waiting_request_does_not_preempt_its_way_onto_a_worker_whose_round_is_full():
+    """w1 holds model a's batch (three tenants, one request each), w2 three requests of big's
+    model b. small's request of a finds no victim beside a's batch, and w2's round has no room
+    for a turn of a (1 GB models: each step half of the TBT, test_policy), so it waits for a
+    slot on w1 rather than take one of big's on w2. With light models w2's round has room."""
+    for weight_bytes, preempts in ((GB, False), (GB // 10, True)):
+        p = policy(max_running_per_worker=3, tenant_preemption=True)
+        p.on_worker_state(state("w1", 1, weight_bytes=weight_bytes), now=0.0)
+        p.on_worker_state(state("w2", 1, weight_bytes=weight_bytes), now=0.0)
+        for i, tenant in enumerate(("x", "y", "z")):
+            assert p.submit(request(f"{tenant}0", "a", tenant=tenant), now=0.1 + i / 100)[0].worker_id == "w1"
+        for i in range(3):
+            assert p.submit(request(f"big{i}", "b", tenant="big"), now=0.2 + i / 100)[0].worker_id == "w2"
+        decisions = p.submit(request("small0", "a", tenant="small"), now=0.3)
+        cancels = [d.request_id for d in decisions if isinstance(d, Cancel)]
+        assert cancels == (["big2"] if preempts else [])
+        if not preempts:
+            assert finish(p, "x0", "w1", 0.4) == ["small0"]

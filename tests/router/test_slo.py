@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services.router.slo.estimators import StepTimeModel, SwitchTimeModel, roofline_step_model
-from services.router.slo.quota import TurnInput, decode_quotas, overloaded
+from services.router.slo.quota import TurnInput, decode_quotas, overloaded, round_load
 
 
 def test_quotas_follow_the_formula():
@@ -62,14 +62,20 @@ def test_every_model_banks_enough_tokens_for_the_round_unless_overloaded(turns, 
     round_s = sum(quotas.values()) + sum(t.switch_s for t in turns)
     inverse_sum = sum(t.step_s / t.tbt_s for t in turns)
     fewest = min(t.tbt_s / t.step_s for t in turns)
-    alpha = max(sum(t.switch_s for t in turns) / (fewest * max_quota) + inverse_sum, 0.5)
+    load = round_load(turns, max_quota)
+    assert load == pytest.approx(sum(t.switch_s for t in turns) / (fewest * max_quota) + inverse_sum)
     for t in turns:
         banked = quotas[t.model] / t.step_s
         due = round_s / t.tbt_s
-        if alpha <= 1:
-            assert banked >= due * (1 - 1e-9), "a turn must pay for the rest of the round"
+        if load <= 1:
+            assert banked >= due * (1 - 1e-9), "a round within its load keeps every TBT"
     if overloaded(turns):
-        assert alpha > 1
+        assert load > 1
+
+
+def test_round_load_of_a_lone_batch_has_no_switch():
+    assert round_load([TurnInput("a", 0.05, 0.3, 0.1)], 2.0) == pytest.approx(0.5)
+    assert round_load([TurnInput("a", 0.05, 0.1, 0.1), TurnInput("b", 0.05, 0.1, 0.1)], 2.0) == pytest.approx(1.05)
 
 
 def test_step_model_learns_a_wrong_prior():

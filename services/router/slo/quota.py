@@ -44,9 +44,19 @@ def decode_quotas(turns: list[TurnInput], max_quota_s: float) -> dict[str, float
     if switch_total == 0:
         return {t.model: t.step_s for t in turns}  # switching is free: rotate every step
     inverse_sum = sum(1 / n for n in tokens_per_period.values())
-    fewest = min(tokens_per_period.values())
-    alpha = max(switch_total / (fewest * max_quota_s) + inverse_sum, 0.5)
+    alpha = max(round_load(turns, max_quota_s), 0.5)
     return {m: switch_total / (n * (alpha - inverse_sum)) for m, n in tokens_per_period.items()}
+
+
+def round_load(turns: list[TurnInput], max_quota_s: float) -> float:
+    """The formula's alpha before its floor: the share of the round each batch must decode to
+    keep its TBT, plus the switches amortised over the longest quota. Above 1 the round cannot
+    keep every TBT however the quotas are cut."""
+    shares = [t.step_s / t.tbt_s for t in turns]
+    load = sum(shares)
+    if len(turns) > 1:
+        load += sum(t.switch_s for t in turns) * max(shares) / max_quota_s
+    return load
 
 
 def overloaded(turns: list[TurnInput]) -> bool:

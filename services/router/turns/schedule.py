@@ -22,7 +22,7 @@ import math
 from collections.abc import Callable, Iterable
 
 from services.router.config import PolicyConfig
-from services.router.slo.quota import TurnInput, decode_quotas
+from services.router.slo.quota import TurnInput, decode_quotas, round_load
 from services.router.turns.batching import decode_batches, prefill_groups
 from services.router.turns.estimates import WorkerEstimates
 from services.router.turns.held import Held, pages_for
@@ -336,6 +336,23 @@ class WorkerSchedule:
                 if rid in self.held:
                     return self.held[rid].model
         return None
+
+    def load_with(self, view: WorkerView, model: str, tbt_s: float) -> float:
+        """The round load (`slo.quota.round_load`) of this worker's live batches, one batch per
+        model, with a request of `model` added."""
+        context: dict[str, int] = {model: 0}
+        tbt: dict[str, float] = {model: tbt_s}
+        for h in self.held.values():
+            if h.remaining or not h.prefilled:
+                context[h.model] = context.get(h.model, 0) + h.context
+                tbt[h.model] = min(tbt.get(h.model, h.tbt_s), h.tbt_s)
+        inputs = []
+        for m, ctx in context.items():
+            weight_bytes = view.weight_bytes.get(m, 0)
+            step = self.estimates.decode_step_s(m, weight_bytes, ctx)
+            switch = max(self.estimates.switch_s(weight_bytes), self.config.min_switch_s)
+            inputs.append(TurnInput(m, step, switch, tbt[m]))
+        return round_load(inputs, self.config.max_quota_s)
 
     # ---- request-level -----------------------------------------------------------------
 
