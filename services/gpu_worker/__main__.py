@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-running", type=int, default=None,
                    help="requests the router may give this worker at once (default: 32 on CPU, 256 on CUDA)")
     p.add_argument("--max-batch-tokens", type=int, default=WorkerConfig.max_batch_tokens)
+    p.add_argument("--no-prefix-cache", dest="prefix_caching", action="store_false",
+                   help="compute every prompt in full instead of reusing the KV pages of earlier prompts' shared prefixes")
     p.add_argument("--report-interval", type=float, default=WorkerConfig.report_interval_s, help="seconds between WorkerState reports")
     p.add_argument("--drain-timeout", type=float, default=WorkerConfig.drain_timeout_s, help="seconds to finish requests on SIGTERM")
     p.add_argument("--engine", choices=ENGINES, default=WorkerConfig.engine,
@@ -87,6 +89,7 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         max_batch_size=args.max_batch_size,
         max_running=args.max_running,
         max_batch_tokens=args.max_batch_tokens,
+        prefix_caching=args.prefix_caching,
         report_interval_s=args.report_interval,
         drain_timeout_s=args.drain_timeout,
         engine=args.engine,

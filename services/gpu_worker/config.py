@@ -63,6 +63,8 @@ class WorkerConfig:
     engine swaps or waits)."""
     max_batch_tokens: int = 2048
     """Most prompt tokens computed in one prefill step (longer prompts are chunked)."""
+    prefix_caching: bool = True
+    """Reuse the KV pages of earlier prompts' full blocks for prompts that start the same way."""
     report_interval_s: float = 0.5
     """Seconds between WorkerState reports (more come on every change)."""
     drain_timeout_s: float = 10.0
@@ -193,6 +195,7 @@ def plan_engine(
         host_swap_bytes=config.host_swap_bytes or _default_host_swap(kv_arena, host_bytes or _host_memory()),
         max_batch_tokens=config.max_batch_tokens,
         max_batch_size=config.max_batch_size,
+        prefix_caching=config.prefix_caching,
     )
     return EnginePlan(engine, {e.name: e.path for e in entries}, {e.name: e.context_length for e in entries})
 

@@ -1,11 +1,14 @@
 """Arena pieces: range allocator, page pool, and page accounting under random traffic."""
 
+from collections import Counter
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.gpu_worker.engine.errors import OutOfMemoryError
 from services.gpu_worker.engine.memory import PagePool, RangeAllocator
+from services.gpu_worker.engine.prefix_cache import PrefixCache
 from services.gpu_worker.engine.scheduler import Scheduler
 from services.gpu_worker.engine.sequence import EngineRequest, Sequence
 
@@ -41,11 +44,15 @@ def test_page_pool_refuses_more_than_it_has():
         max_size=80,
     ),
     st.integers(2, 12),
+    st.booleans(),
 )
-def test_pages_balance_and_no_sequence_is_lost(ops, num_pages):
+def test_pages_balance_and_no_sequence_is_lost(ops, num_pages, caching):
     """Across arrivals, KV imports (hand-offs), steps, completions and preemptions every page is
-    owned once or free."""
-    pool = PagePool(num_pages)
+    owned once or free; with a prefix cache (the prompts here are prefixes of one another), a
+    page owned by several sequences is a cached one counting exactly them, and an idle cached
+    page is owned by none and counts as free."""
+    cache = PrefixCache() if caching else None
+    pool = PagePool(num_pages, cache=cache)
     sched = Scheduler(pool, max_batch_tokens=16, max_batch_size=4)
     live: dict[str, Sequence] = {}
     block = 4
@@ -66,7 +73,7 @@ def test_pages_balance_and_no_sequence_is_lost(ops, num_pages):
         elif op == "step":
             batch = sched.schedule(model, block)
             if batch:
-                sched.commit(batch)
+                sched.commit(batch, block)
                 for seq, samples in zip(batch.seqs, batch.sampling):
                     if samples:
                         seq.token_ids.append(7)
@@ -77,9 +84,13 @@ def test_pages_balance_and_no_sequence_is_lost(ops, num_pages):
             running = [s for s in sched.running if s.model == model]
             if running:
                 sched.preempt(running[x % len(running)])
-        owned = [p for s in live.values() for p in s.pages]
-        assert len(owned) == len(set(owned))
-        assert len(owned) + pool.num_free == num_pages
+        owners = Counter(p for s in live.values() for p in s.pages)
+        for page, count in owners.items():
+            if cache is not None and cache.holds(page):
+                assert cache.refs(page) == count
+            else:
+                assert count == 1
+        assert len(owners) + pool.num_free == num_pages
         queued = sched.waiting + sched.running + sched.swapped
         assert sorted(s.request_id for s in queued) == sorted(live)
         for s in live.values():

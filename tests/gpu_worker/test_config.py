@@ -118,7 +118,15 @@ def test_flags_and_environment(monkeypatch):
     assert config.catalog == Path("x.toml")
     assert config.models == ("demo-llama", "demo-qwen2")
     assert config.kv_arena_bytes == 64 << 20
+    assert config.prefix_caching, "on by default"
     assert config_from_args(build_parser().parse_args(["--worker-id", "w7"])).worker_id == "w7"
+    assert not config_from_args(build_parser().parse_args(["--no-prefix-cache"])).prefix_caching
+
+
+def test_the_prefix_cache_setting_reaches_the_engine(model_store):
+    catalog = parse_catalog({"models": [{"name": "demo-llama"}]}, model_store.root)
+    assert plan_engine(WorkerConfig(), catalog).engine.prefix_caching
+    assert not plan_engine(WorkerConfig(prefix_caching=False), catalog).engine.prefix_caching
 
 
 @pytest.mark.parametrize("text, value", [("1024", 1024), ("256MiB", 256 << 20), ("2GiB", 2 << 30), ("1.5g", 3 << 29)])

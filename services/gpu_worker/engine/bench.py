@@ -1,6 +1,7 @@
 """The engine benchmark behind ``tokenpool bench engine``: one run, one machine, one JSON object.
 
-Sections: `decode` (ours vs Hugging Face generate, per batch size, greedy and sampled), `copy_limit` (the
+Sections: `decode` (ours vs Hugging Face generate, per batch size, greedy and sampled),
+`prefix_cache` (time to first token after a shared system prompt, with and without), `copy_limit` (the
 bandwidth no switch can beat), `switch` (activate from host memory, without and with a
 prefetch overlapped with another model's decode), `kv_swap` (KV pages to host and back) and
 `machine`. bench/README.md explains each figure.
@@ -22,12 +23,14 @@ import torch
 
 from shared.tokenizer import Tokenizer
 
-from . import bench_decode, bench_memory
+from . import bench_decode, bench_memory, bench_prefix
 from .config import EngineConfig, load_model_config
 from .engine import Engine
 from .random_checkpoint import write_random_checkpoint
 from .scheduler import pages_needed
 
+PREFIX_SYSTEM_TOKENS = 1024
+PREFIX_QUESTIONS = 5
 DECODE_TARGETS = {1: 1.0, 32: 1.5}
 """Batch size -> the ours/HF decode ratio the engine should reach on CPU."""
 
@@ -92,6 +95,10 @@ def run(cfg: BenchConfig, log=lambda message: None, save=lambda result: None) ->
         if not cfg.synthetic_only:
             size = bench_memory.model_size(cfg.model, cfg.model_path, engine_config.torch_dtype)
             sections.run("decode", lambda: decode(cfg, engine_config, cfg.model, cfg.model_path, size, log))
+            sections.run("prefix_cache", lambda: bench_prefix.prefix_cache(
+                replace(engine_config, packed_cpu_matmul=cfg.packed_matmul), cfg.model, cfg.model_path,
+                PREFIX_SYSTEM_TOKENS, PREFIX_QUESTIONS, cfg.repeats, log,
+            ))
             memory_sections(sections, cfg, engine_config, cfg.model, cfg.model_path, size, log)
         if cfg.synthetic_layers is not None:
             sections.run("synthetic_7b", lambda: synthetic_7b(cfg, engine_config, Path(tmp), sections, log))

@@ -164,6 +164,9 @@ class EngineConfig:
     """Upper bound on prompt tokens computed in one prefill step (longer prompts are chunked)."""
     max_batch_size: int = 64
     """Upper bound on sequences decoded together in one step."""
+    prefix_caching: bool = True
+    """Keep the KV pages of finished sequences' full blocks and reuse them for later prompts
+    of the same model that start with the same tokens (prefix_cache.py)."""
     packed_cpu_matmul: bool = True
     """On CPU, multiply by oneDNN-packed copies of the projection weights, made when a model is
     loaded into host memory (cpu_matmul.py): 1.7-2.5x faster decode, at the cost of a second

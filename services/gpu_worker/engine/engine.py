@@ -44,6 +44,7 @@ from .layout import weight_layout
 from .loader import load_weights
 from .memory import Copier, DeviceArena, HostSwapArea, copy_pages
 from .model import DecoderModel, projection_weights
+from .prefix_cache import PrefixCache
 from .residency import ModelSlot, Tier
 from .runner import run_batch
 from .sampler import Sampled, sample
@@ -88,6 +89,10 @@ class EngineStats:
     waiting: int
     running: int
     swapped: int
+    cached_pages: int = 0
+    """KV pages the prefix cache holds (in use or idle; the idle ones count as free)."""
+    prefix_hit_tokens: int = 0
+    """Prompt tokens whose K/V came from the prefix cache, since the engine started."""
 
 
 class Engine:
@@ -96,8 +101,10 @@ class Engine:
         self.device = torch.device(config.device)
         self.dtype = config.torch_dtype
         self.model_paths = {name: Path(p) for name, p in models.items()}
+        self.prefix_cache = PrefixCache() if config.prefix_caching else None
         self.arena = DeviceArena(
-            self.device, self.dtype, config.weight_arena_bytes, config.kv_arena_bytes, config.kv_page_bytes
+            self.device, self.dtype, config.weight_arena_bytes, config.kv_arena_bytes, config.kv_page_bytes,
+            self.prefix_cache,
         )
         pin = self.device.type == "cuda"
         self.swap = HostSwapArea(self.dtype, self.arena.page_elems, config.host_swap_bytes, pin)
@@ -284,7 +291,7 @@ class Engine:
             return []
         logits = run_batch(slot, batch, self.device, self.arena.zero_page)
         samplers = [s for s, sampled in zip(batch.seqs, batch.sampling) if sampled]
-        self.scheduler.commit(batch)
+        self.scheduler.commit(batch, slot.block_tokens)
         self.last_step = StepInfo(
             batch.is_prefill, len(batch.seqs), sum(batch.num_tokens), sum(s.num_cached for s in batch.seqs)
         )
@@ -367,8 +374,7 @@ class Engine:
                 )
             seq.host_pages = self.swap.pages.allocate(len(seq.pages))
             copy_pages(self.swap.kv, seq.host_pages, self.arena.kv, seq.pages)
-            self.arena.pages.free(seq.pages)
-            seq.pages = []
+            self.scheduler.release_pages(seq)
             self.scheduler.mark_swapped(seq)
         return len(seqs)
 
@@ -450,6 +456,8 @@ class Engine:
             waiting=len(s.waiting),
             running=len(s.running),
             swapped=len(s.swapped),
+            cached_pages=self.prefix_cache.num_cached if self.prefix_cache else 0,
+            prefix_hit_tokens=self.prefix_cache.hit_tokens if self.prefix_cache else 0,
         )
 
     def sequence(self, request_id: str) -> Sequence | None:

@@ -15,6 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import torch
 
 from .errors import OutOfMemoryError
+from .prefix_cache import PrefixCache
 
 
 class RangeAllocator:
@@ -50,24 +51,29 @@ class RangeAllocator:
 
 class PagePool:
     """Fixed-size pages handed out by index; the free list is a stack (recently freed first).
-    `clear` zeroes pages, for allocate(..., clear=True)."""
+    `clear` zeroes pages, for allocate(..., clear=True). With a prefix `cache`, pages it holds
+    are freed into it (shared by count, idle when unused) and its idle pages count as free:
+    allocate reclaims them, least recently used first, once the free list is empty."""
 
-    def __init__(self, num_pages: int, clear: Callable[[list[int]], None] | None = None):
+    def __init__(self, num_pages: int, clear: Callable[[list[int]], None] | None = None, cache: PrefixCache | None = None):
         self.num_pages = num_pages
         self._free = list(range(num_pages - 1, -1, -1))
         self._clear = clear
+        self.cache = cache
 
     @property
     def num_free(self) -> int:
-        return len(self._free)
+        return len(self._free) + (self.cache.num_idle if self.cache else 0)
 
     def can_allocate(self, n: int) -> bool:
-        return n <= len(self._free)
+        return n <= self.num_free
 
     def allocate(self, n: int, clear: bool = False) -> list[int]:
         """With `clear`, the pages come zeroed (for pages a sequence fills slot by slot)."""
-        if n > len(self._free):
-            raise OutOfMemoryError(f"asked for {n} KV pages, {len(self._free)} free")
+        if n > self.num_free:
+            raise OutOfMemoryError(f"asked for {n} KV pages, {self.num_free} free")
+        while len(self._free) < n:
+            self._free.append(self.cache.reclaim())
         pages = self._free[-n:] if n else []
         del self._free[len(self._free) - n :]
         pages.reverse()
@@ -76,7 +82,11 @@ class PagePool:
         return pages
 
     def free(self, pages: list[int]) -> None:
-        self._free.extend(reversed(pages))
+        for page in reversed(pages):
+            if self.cache is not None and self.cache.holds(page):
+                self.cache.release(page)
+            else:
+                self._free.append(page)
 
 
 def page_runs(dst: list[int], src: list[int]) -> list[tuple[int, int, int]]:
@@ -108,7 +118,10 @@ class DeviceArena:
     zeroed when it takes them (`allocate(..., clear=True)`) and block tables are padded with
     `zero_page`, which is never handed out."""
 
-    def __init__(self, device: torch.device, dtype: torch.dtype, weight_bytes: int, kv_bytes: int, page_bytes: int):
+    def __init__(
+        self, device: torch.device, dtype: torch.dtype, weight_bytes: int, kv_bytes: int, page_bytes: int,
+        cache: PrefixCache | None = None,
+    ):
         item = dtype.itemsize
         self.page_elems = page_bytes // item
         self.num_pages = kv_bytes // page_bytes
@@ -120,7 +133,7 @@ class DeviceArena:
         self.kv = self.buffer[weight_elems:].view(self.num_pages + 1, self.page_elems)
         self.kv[self.zero_page].zero_()
         self.weight_ranges = RangeAllocator(weight_elems)
-        self.pages = PagePool(self.num_pages, clear=self._clear)
+        self.pages = PagePool(self.num_pages, clear=self._clear, cache=cache)
 
     def _clear(self, pages: list[int]) -> None:
         self.kv.index_fill_(0, torch.tensor(pages, device=self.kv.device), 0)

@@ -1,7 +1,9 @@
 """Continuous batching for the model that is computing: which sequences run this step.
 
 A step is either a prefill (prompt chunks, possibly of several sequences) or a decode
-(one token for each running sequence), as in nano-vllm. Sequences of other models wait
+(one token for each running sequence), as in nano-vllm. A sequence that starts prefilling
+first takes the cached pages of its longest cached prefix (prefix_cache.py), and every page it
+fills is offered to the cache. Sequences of other models wait
 untouched; their KV pages stay on the device unless the engine swaps them to host memory.
 `only` narrows a step to some request ids of the model (a turn's batch); the rest of the
 model's sequences wait like another model's.
@@ -75,12 +77,21 @@ class Scheduler:
         candidates = partial + [s for s in self.waiting if eligible(s)]
         budget = self.max_batch_tokens
         seqs, counts = [], []
+        computing = set()
+        """Keys of the first page each chosen sequence computes (prefix cache)."""
         for seq in candidates:
             if budget == 0 or len(seqs) == self.max_batch_size:
                 break
+            if seq.state is SeqState.WAITING and not seq.pages:
+                self._reuse_prefix(seq, block_tokens)
+                if self._next_page_key(seq, block_tokens) in computing:
+                    self._drop_pages(seq)  # another computes that page now: next step it is cached
+                    continue
             n = min(seq.num_uncached, budget)
             extra = pages_needed(seq.num_cached + n, block_tokens) - len(seq.pages)
             if not self.pages.can_allocate(extra):
+                if seq.state is SeqState.WAITING:
+                    self._drop_pages(seq)  # it waits holding nothing
                 break
             seq.pages += self.pages.allocate(extra, clear=True)
             if seq.state is SeqState.WAITING:
@@ -90,6 +101,8 @@ class Scheduler:
             seqs.append(seq)
             counts.append(n)
             budget -= n
+            if (key := self._next_page_key(seq, block_tokens)) is not None:
+                computing.add(key)
         return ScheduledBatch(model, seqs, counts, is_prefill=True) if seqs else None
 
     def _schedule_decode(self, model: str, block_tokens: int, eligible) -> ScheduledBatch | None:
@@ -117,25 +130,69 @@ class Scheduler:
         return True
 
     def preempt(self, seq: Sequence) -> None:
-        """Frees seq's pages; it re-computes its prompt and produced tokens when rescheduled."""
+        """Frees seq's pages; it re-computes its prompt and produced tokens when rescheduled
+        (from its own pages, if the prefix cache still holds them)."""
         self.running.remove(seq)
-        self.pages.free(seq.pages)
-        seq.pages = []
-        seq.num_cached = 0
+        self._drop_pages(seq)
         self.add(seq)
 
-    def commit(self, batch: ScheduledBatch) -> None:
+    def commit(self, batch: ScheduledBatch, block_tokens: int) -> None:
         for seq, n in zip(batch.seqs, batch.num_tokens):
             seq.num_cached += n
+            self._offer_full_pages(seq, block_tokens)
 
     def finish(self, seq: Sequence, reason: str) -> None:
         for queue in (self.waiting, self.running, self.swapped):
             if seq in queue:
                 queue.remove(seq)
-        self.pages.free(seq.pages)
-        seq.pages = []
+        self._drop_pages(seq)
         seq.state = SeqState.FINISHED
         seq.finish_reason = reason
+
+    def release_pages(self, seq: Sequence) -> None:
+        """Frees seq's device pages (its KV lives elsewhere now, or nowhere)."""
+        self.pages.free(seq.pages)
+        seq.pages = []
+        seq.prefix_entries = []
+
+    def _drop_pages(self, seq: Sequence) -> None:
+        self.release_pages(seq)
+        seq.num_cached = 0
+
+    def _reuse_prefix(self, seq: Sequence, block_tokens: int) -> None:
+        """Takes the cached pages of seq's longest cached prefix, leaving at least its last
+        token to compute (the step needs that token's logits)."""
+        cache = self.pages.cache
+        if cache is None:
+            return
+        found = cache.match(seq.model, seq.token_ids, block_tokens, len(seq.token_ids) - 1)
+        if not found:
+            return
+        seq.pages = [page for _, page in found]
+        cache.acquire(seq.pages)
+        seq.prefix_entries = [entry for entry, _ in found]
+        seq.num_cached = len(found) * block_tokens
+        cache.hit_tokens += seq.num_cached
+
+    def _next_page_key(self, seq: Sequence, block_tokens: int):
+        """The prefix cache key of the first full prompt page seq has yet to compute; None
+        without a cache or such a page. Sequences of one prompt (n choices) that arrive
+        together would all compute it; the later ones wait a step and take it from the cache."""
+        entries = seq.prefix_entries
+        i = len(entries)
+        if self.pages.cache is None or (i + 1) * block_tokens > len(seq.token_ids) - 1:
+            return None
+        return entries[-1] if entries else seq.model, tuple(seq.token_ids[i * block_tokens : (i + 1) * block_tokens])
+
+    def _offer_full_pages(self, seq: Sequence, block_tokens: int) -> None:
+        cache = self.pages.cache
+        if cache is None:
+            return
+        entries = seq.prefix_entries
+        while (len(entries) + 1) * block_tokens <= seq.num_cached:
+            i = len(entries)
+            tokens = tuple(seq.token_ids[i * block_tokens : (i + 1) * block_tokens])
+            entries.append(cache.register(entries[-1] if entries else seq.model, tokens, seq.pages[i]))
 
     def mark_swapped(self, seq: Sequence) -> None:
         self.running.remove(seq)

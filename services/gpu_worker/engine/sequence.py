@@ -125,6 +125,8 @@ class Sequence:
     num_cached: int = 0
     """Tokens whose K/V are in this sequence's pages."""
     pages: list[int] = field(default_factory=list)
+    prefix_entries: list[int] = field(default_factory=list)
+    """Prefix cache entries of its leading full pages, one per page (prefix_cache.py)."""
     host_pages: list[int] = field(default_factory=list)
     state: SeqState = SeqState.WAITING
     finish_reason: str | None = None
