@@ -37,6 +37,10 @@ def test_bench_engine_json_has_every_section_with_positive_numbers(model_store, 
     (row,) = sampled["results"]
     assert row["batch"] == 1 and row["ours_tok_s"] > 0 and row["hf_tok_s"] > 0
 
+    prefix = report["prefix_cache"]
+    assert prefix["ttft_s_with"] > 0 and prefix["ttft_s_without"] > 0 and prefix["hit_tokens_per_request"] > 0
+    assert abs(prefix["speedup"] - prefix["ttft_s_without"] / prefix["ttft_s_with"]) < 0.01 * prefix["speedup"]
+
     assert report["copy_limit"]["gb_s"] > 0
     switch = report["switch"]
     assert switch["limit_s"] > 0 and switch["weight_bytes"] > 0

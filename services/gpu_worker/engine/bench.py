@@ -408,6 +408,7 @@ def _sections_lines(section: dict, indent: str) -> list[str]:
     lines = []
     for key, describe in (
         ("decode", _decode_lines),
+        ("prefix_cache", _prefix_lines),
         ("copy_limit", _copy_limit_lines),
         ("switch", _switch_lines),
         ("kv_swap", _kv_swap_lines),
@@ -444,6 +445,14 @@ def _decode_lines(decode: dict, indent: str) -> list[str]:
 
 def _met(section: dict) -> str:
     return f"target <= {section['target']}: {'met' if section['target_met'] else 'NOT met'}"
+
+
+def _prefix_lines(p: dict, indent: str) -> list[str]:
+    return [
+        f"{indent}prefix cache: TTFT of a {p['prompt_tokens']}-token prompt after a {p['system_tokens']}-token "
+        f"shared system prompt {p['ttft_s_with'] * 1000:.1f} ms, {p['ttft_s_without'] * 1000:.1f} ms without "
+        f"({p['speedup']:.1f}x)"
+    ]
 
 
 def _copy_limit_lines(c: dict, indent: str) -> list[str]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from shared.tokenizer import Tokenizer
 
-from .config import EngineConfig
+from .config import EngineConfig, load_model_config
 from .engine import Engine
 from .sequence import EngineRequest, SamplingParams
 
@@ -37,7 +37,7 @@ def prefix_cache(
     engine_config: EngineConfig, name: str, path: Path, system_tokens: int, questions: int, repeats: int, log
 ) -> dict:
     tokenizer = Tokenizer(path)
-    system = system_prompt(tokenizer, system_tokens)
+    system = system_prompt(tokenizer, min(system_tokens, load_model_config(name, path).max_position - 64))
     prompts = [tuple(system + tokenizer.encode(f"\nQuestion {i}: when does floor {i} open?\nAnswer:"))
                for i in range(questions + 1)]
     ttfts: dict[bool, list[float]] = {False: [], True: []}
