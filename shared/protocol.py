@@ -60,6 +60,8 @@ class Sampling:
 class Usage:
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0
+    """Of the prompt tokens, those whose KV came from the worker's prefix cache."""
 
 
 @dataclass(frozen=True)
@@ -144,7 +146,7 @@ class CancelRequest:
 class TokenChunk:
     """Tokens of one request from index on; the last chunk has a finish_reason or an error."""
 
-    VERSION: ClassVar[int] = 2
+    VERSION: ClassVar[int] = 3
     request_id: str
     index: int
     token_ids: tuple[int, ...] = ()
@@ -164,7 +166,7 @@ class TokenBatch:
     subject, in one message. A gateway reads every request's tokens on one subject of its own, so
     a worker's flush of a step's tokens is one message per gateway, not one per request."""
 
-    VERSION: ClassVar[int] = 2
+    VERSION: ClassVar[int] = 3
     chunks: tuple[TokenChunk, ...] = ()
 
 

@@ -39,7 +39,7 @@ MESSAGES = [
         "cmpl-2", "m", (1,), Sampling(logprobs=True, top_logprobs=2, presence_penalty=0.5, frequency_penalty=-1.0,
                                       repetition_penalty=1.1, logit_bias=((5, -100.0), (7, 3.5))), "tp.tokens.cmpl-2",
     ),
-    TokenChunk("cmpl-1", 2, (), None, "stop", Usage(3, 2)),
+    TokenChunk("cmpl-1", 2, (), None, "stop", Usage(3, 2, 1)),
     TokenChunk("cmpl-1", 1, error=ErrorInfo(503, "service_unavailable_error", "no worker")),
     TokenBatch((TokenChunk("cmpl-1", 0, (5,)), TokenChunk("cmpl-2", 3, (), None, "length", Usage(1, 3), None, "w"))),
     AssignRequest(REQUEST, (9, 10)),
@@ -66,7 +66,8 @@ def test_round_trip(message):
         (msgpack.packb(["Nope", 1]), "unknown message type 'Nope'"),
         (msgpack.packb(["CancelRequest", 2, "x", "y"]), "CancelRequest version 2 is not supported \\(this side speaks 1\\)"),
         (msgpack.packb(["CancelRequest", 1, "x"]), "CancelRequest needs 2 fields, got 1"),
-        (msgpack.packb(["TokenChunk", 2, "x", 0, 5, None, None, None, None, "", None]), "malformed TokenChunk"),
+        (msgpack.packb(["TokenChunk", 3, "x", 0, 5, None, None, None, None, "", None]), "malformed TokenChunk"),
+        (msgpack.packb(["TokenChunk", 2, "x", 0, [5]]), "TokenChunk version 2 is not supported \\(this side speaks 3\\)"),
     ],
 )
 def test_bad_bytes_are_refused_with_the_reason(data, error):

@@ -65,9 +65,12 @@ def choice_seed(seed: int | None, k: int) -> int | None:
 
 
 def total_usage(finished: Iterable[tuple[Choice, Usage]]) -> Usage:
-    """Of the whole response: each prompt's tokens once, every choice's completion tokens."""
-    prompt = completion = 0
+    """Of the whole response: each prompt's tokens once (and its cached tokens as that choice
+    found them), every choice's completion tokens."""
+    prompt = completion = cached = 0
     for choice, usage in finished:
-        prompt += usage.prompt_tokens if choice.counts_prompt else 0
+        if choice.counts_prompt:
+            prompt += usage.prompt_tokens
+            cached += usage.cached_tokens
         completion += usage.completion_tokens
-    return Usage(prompt, completion)
+    return Usage(prompt, completion, cached)

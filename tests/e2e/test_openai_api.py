@@ -146,3 +146,22 @@ def test_logit_bias_forces_a_token_and_a_frequency_penalty_changes_a_loop(client
     plain = client.completions.create(model=SMOL, prompt=prompt, max_tokens=24, temperature=0)
     penalised = client.completions.create(model=SMOL, prompt=prompt, max_tokens=24, temperature=0, frequency_penalty=2.0)
     assert penalised.choices[0].text != plain.choices[0].text
+
+
+def test_a_chat_that_repeats_a_system_prompt_finds_it_cached_and_answers_as_without(client, tok, greedy_reference):
+    """The second question after the same system prompt reuses its KV on the worker: the usage
+    says how many prompt tokens came from the cache (OpenAI's prompt_tokens_details), and the
+    answer is the engine's greedy one all the same."""
+    system = ("You are the archivist of the harbour museum of Port Ellery. You answer visitors in one "
+              "sentence and name the room where the object they ask about is kept. ") * 3
+    answers = []
+    for question in ("Where is the old lighthouse lens?", "Where are the ship models?"):
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]
+        resp = client.chat.completions.create(model=SMOL, messages=messages, max_tokens=12, temperature=0)
+        expected = greedy_reference(SMOL, tuple(tok.encode_chat(messages)), 12)
+        assert resp.choices[0].message.content == tok.decode(expected)
+        answers.append(resp.usage)
+    first, second = answers
+    assert first.prompt_tokens_details.cached_tokens == 0, "nobody sent this system prompt before"
+    shared = len(tok.encode_chat([{"role": "system", "content": system}]))
+    assert shared // 2 < second.prompt_tokens_details.cached_tokens < second.prompt_tokens

@@ -36,14 +36,15 @@ def test_chat_stream_of_two_choices_interleaves_and_ends_once():
     spec = parse_chat(CHAT | {"n": 2, "stream": True, "stream_options": {"include_usage": True}})
     answer = StreamedAnswer(ResponseHead("id", "chat", 1, "m"), choices([(1,)], 2), spec, token_text)
     sent = events_of(answer, 1, Update(text="b", token_ids=[2]))
-    sent += events_of(answer, 0, Update(text="a", token_ids=[1], finish_reason="stop", usage=Usage(4, 1)))
+    sent += events_of(answer, 0, Update(text="a", token_ids=[1], finish_reason="stop", usage=Usage(4, 1, 0)))
     assert not answer.done
-    sent += events_of(answer, 1, Update(text="c", token_ids=[3], finish_reason="length", usage=Usage(4, 2)))
+    # Choice 1 found the prompt in the prefix cache; the prompt counts once, as choice 0 found it.
+    sent += events_of(answer, 1, Update(text="c", token_ids=[3], finish_reason="length", usage=Usage(4, 2, 3)))
     assert answer.done
     bodies = [payload(e) for e in sent]
     assert bodies[-1] == "[DONE]" and sent.count("data: [DONE]\n\n") == 1
     assert bodies[-2]["choices"] == [] and bodies[-2]["usage"] == {
-        "prompt_tokens": 4, "completion_tokens": 3, "total_tokens": 7}
+        "prompt_tokens": 4, "completion_tokens": 3, "total_tokens": 7, "prompt_tokens_details": {"cached_tokens": 0}}
     rows = [(b["choices"][0]["index"], b["choices"][0]["delta"], b["choices"][0]["finish_reason"]) for b in bodies[:-2]]
     assert rows == [
         (1, {"role": "assistant", "content": ""}, None), (1, {"content": "b"}, None),
@@ -71,11 +72,12 @@ def test_collected_choices_come_sorted_with_usage_counting_each_prompt_once():
                              token_text)
     for index in (3, 1, 0, 2):
         answer.add(index, Update(text=f"t{index}", token_ids=[1]))
-        answer.add(index, Update(text="!", finish_reason="stop", usage=Usage(1 + index // 2, 1)))
+        answer.add(index, Update(text="!", finish_reason="stop", usage=Usage(1 + index // 2, 1, index % 2)))
     body = answer.body()
     assert [(c["index"], c["text"], c["finish_reason"]) for c in body["choices"]] == [
         (0, "xt0!", "stop"), (1, "xt1!", "stop"), (2, "yt2!", "stop"), (3, "yt3!", "stop")]
-    assert body["usage"] == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+    assert body["usage"] == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7,
+                             "prompt_tokens_details": {"cached_tokens": 0}}, "each prompt's first choice found none"
 
 
 TOPS = [((1, -0.1), (2, -2.0), (4, -3.0)), ((2, -0.2), (1, -1.0), (3, -math.inf))]

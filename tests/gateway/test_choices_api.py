@@ -38,7 +38,8 @@ async def test_n_choices_streamed_in_chat_each_open_and_finished_once(gateway, c
     usage = events[-2]
     assert usage["choices"] == [] and [e for e in events[:-2] if not e["choices"]] == [], "one usage chunk, last"
     prompt = len(tokenizer.encode_chat(body["messages"]))
-    assert usage["usage"] == {"prompt_tokens": prompt, "completion_tokens": 12, "total_tokens": prompt + 12}
+    assert usage["usage"] == {"prompt_tokens": prompt, "completion_tokens": 12, "total_tokens": prompt + 12,
+                              "prompt_tokens_details": {"cached_tokens": 0}}
     expected = tokenizer.decode(tokenizer.encode(TEXT, add_special_tokens=False)[:4])
     for i in range(3):
         mine = [e["choices"][0] for e in events[:-2] if e["choices"][0]["index"] == i]

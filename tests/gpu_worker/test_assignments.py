@@ -26,10 +26,11 @@ def test_resumed_tokens_extend_the_prompt_and_count_against_max_tokens():
 def test_indices_and_usage_of_a_resumed_request_continue_from_the_resumed_tokens():
     a = assignment(assign(max_tokens=5, resume=(7, 8, 9)))
     first = token_chunk(a, StepOutput("r1", "demo-llama", 42, 0, None, None), "w1")
-    last = token_chunk(a, StepOutput("r1", "demo-llama", 43, 1, -0.5, "length"), "w1")
+    # The re-prefill found 5 of its 6 tokens (prompt and resumed) cached: the client's prompt is 3.
+    last = token_chunk(a, StepOutput("r1", "demo-llama", 43, 1, -0.5, "length", cached_tokens=5), "w1")
     assert (first.index, first.token_ids, first.usage, first.worker_id) == (3, (42,), None, "w1")
     assert (last.index, last.finish_reason, last.logprobs) == (4, "length", (-0.5,))
-    assert last.usage == Usage(prompt_tokens=3, completion_tokens=5)
+    assert last.usage == Usage(prompt_tokens=3, completion_tokens=5, cached_tokens=3)
 
 
 def test_every_sampling_value_reaches_the_engine_and_a_resumed_request_says_how_many_tokens_are_its_own():

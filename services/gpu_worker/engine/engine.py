@@ -64,6 +64,8 @@ class StepOutput:
     """None while the request goes on; "stop" or "length" on its last token."""
     top_logprobs: tuple[tuple[int, float], ...] | None = None
     """The most likely (token id, logprob) at this position, when the request asked for them."""
+    cached_tokens: int = 0
+    """Prompt tokens the prefix cache served at the request's prefill."""
 
 
 @dataclass(frozen=True)
@@ -320,7 +322,10 @@ class Engine:
                 self.scheduler.finish(seq, reason)
                 del self._seqs[seq.request_id]
             outputs.append(
-                StepOutput(seq.request_id, seq.model, token, len(seq.output_ids) - 1, logprob, reason, top)
+                StepOutput(
+                    seq.request_id, seq.model, token, len(seq.output_ids) - 1, logprob, reason, top,
+                    seq.cached_prompt_tokens,
+                )
             )
         return outputs
 

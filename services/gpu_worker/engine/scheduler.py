@@ -173,6 +173,8 @@ class Scheduler:
         seq.prefix_entries = [entry for entry, _ in found]
         seq.num_cached = len(found) * block_tokens
         cache.hit_tokens += seq.num_cached
+        if not seq.output_ids:  # (a recompute after a preemption is the engine's business)
+            seq.cached_prompt_tokens = seq.num_cached
 
     def _next_page_key(self, seq: Sequence, block_tokens: int):
         """The prefix cache key of the first full prompt page seq has yet to compute; None

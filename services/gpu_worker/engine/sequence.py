@@ -127,6 +127,8 @@ class Sequence:
     pages: list[int] = field(default_factory=list)
     prefix_entries: list[int] = field(default_factory=list)
     """Prefix cache entries of its leading full pages, one per page (prefix_cache.py)."""
+    cached_prompt_tokens: int = 0
+    """Tokens of its first prefill that the prefix cache served."""
     host_pages: list[int] = field(default_factory=list)
     state: SeqState = SeqState.WAITING
     finish_reason: str | None = None
