@@ -198,3 +198,37 @@ def test_n_copies_of_a_prompt_in_one_batch_share_its_pages_and_decode_alike(smol
     assert engine.stats().prefix_hit_tokens == expected
     assert engine.stats().free_pages == engine.stats().total_pages
     engine.close()
+
+
+def test_shared_pages_survive_model_switches_and_kv_swaps(model_store, tokenizer):
+    """Two models step by step, each model's KV swapped out while the other runs, each with
+    three questions after one system prompt: the later two take the first one's full pages
+    (64 KiB pages: a page holds 1 token of SmolLM2, 42 of demo-qwen2), swapping out releases
+    them and swapping in brings private copies back. Every request decodes what it decodes
+    alone on an engine without a cache, and every page and host page comes back."""
+    models = (SMOLLM, "demo-qwen2")
+    prompts = [tuple(tokenizer.encode(f"{SYSTEM}\n\nQ: {q}\nA:")) for q in QUESTIONS]
+    params = SamplingParams(temperature=0.0, max_tokens=16)
+    requests = [EngineRequest(f"{m}/{i}", m, ids, params) for m in models for i, ids in enumerate(prompts)]
+    paths = {m: model_store.path(m) for m in models}
+
+    engine = Engine(small_config(kv_page_bytes=64 << 10), paths)
+    alone = Engine(small_config(prefix_caching=False), paths)
+    try:
+        done = run_to_completion(engine, requests, swap_between_models=True)
+        for m in models:
+            expected = run_to_completion(alone, [r for r in requests if r.model == m])
+            assert [done[f"{m}/{i}"].token_ids for i in range(3)] == [expected[f"{m}/{i}"].token_ids for i in range(3)]
+        # At least the full pages each later prompt shares with the first, per model.
+        least = 0
+        for m in models:
+            block = engine.slot(m).block_tokens
+            for ids in prompts[1:]:
+                common = next(k for k in range(len(ids)) if k == len(prompts[0]) or ids[k] != prompts[0][k])
+                least += min(common, len(ids) - 1) // block * block
+        stats = engine.stats()
+        assert least > 0 and stats.prefix_hit_tokens >= least
+        assert stats.free_pages == stats.total_pages and stats.free_host_pages == stats.total_host_pages
+    finally:
+        engine.close()
+        alone.close()
