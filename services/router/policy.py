@@ -357,9 +357,13 @@ class RouterPolicy:
         return any(self._holds(v.worker_id, model) and self._may_host(v, model) for v in views)
 
     def _round_has_room(self, view: WorkerView, model: str) -> bool:
-        """The worker's round with a turn of the model added stays within max_round_load."""
+        """The worker's round with a turn of the model added stays within max_round_load; an
+        idle worker always has room (even a model that alone needs more)."""
+        schedule = self._schedule(view.worker_id)
+        if not any(h.remaining or not h.prefilled for h in schedule.held.values()):
+            return True
         tbt_s = self._slos.get(model, DEFAULT_SLO)[1]
-        return self._schedule(view.worker_id).load_with(view, model, tbt_s) <= self.config.max_round_load
+        return schedule.load_with(view, model, tbt_s) <= self.config.max_round_load
 
     def _holds(self, worker_id: str, model: str) -> bool:
         schedule = self._schedules.get(worker_id)

@@ -94,16 +94,19 @@ def test_a_reclaimed_page_reused_for_other_tokens_never_continues_an_old_chain()
     assert cache.match("a", (1, 2, 3, 4, 5, 6, 7, 8, 0), 4, 8) == []
 
 
-def test_a_waiting_prompt_that_cannot_start_holds_no_cached_page():
+def test_a_waiting_prompt_that_cannot_start_holds_no_cached_page_and_counts_no_hit():
     sched, cache = scheduler(num_pages=3)
     sched.finish(prefill(sched, "r1", (1, 2, 3, 4, 5)), "stop")
     hog = prefill(sched, "hog", (50, 51, 52, 53, 54, 55, 56, 57), arrival=1)  # 2 pages + the idle one
     assert sched.pages.num_free == 1
-    waiting = Sequence(EngineRequest("w", "a", (1, 2, 3, 4, *range(60, 70))), arrival=2)
+    waiting = Sequence(EngineRequest("w", "a", (1, 2, 3, 4, *range(60, 65))), arrival=2)  # 3 pages
     sched.add(waiting)
     assert sched.schedule("a", BLOCK) is None
     assert waiting.pages == [] and waiting.num_cached == 0 and sched.pages.num_free == 1
+    assert cache.hit_tokens == 0 and waiting.cached_prompt_tokens == 0, "a match it could not use counts for nothing"
     sched.finish(hog, "stop")
+    batch = sched.schedule("a", BLOCK)
+    assert batch.seqs == [waiting] and waiting.cached_prompt_tokens == 4 and cache.hit_tokens == 4
 
 
 def test_copies_of_one_prompt_arriving_together_compute_its_pages_once():

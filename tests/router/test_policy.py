@@ -87,6 +87,16 @@ def test_a_model_held_on_a_full_worker_waits_there_unless_another_round_has_room
         assert p.submit(request("c1", "c"), now=0.4)[0].worker_id == "w2", "nobody holds c: it opens on the free slot"
 
 
+def test_a_model_that_alone_needs_more_than_the_limit_still_spills_to_an_idle_worker():
+    """A 1.5 GB model's step is 0.75 of the TBT under the CPU priors: above the 0.6 limit on
+    its own, so no busy worker could take it, but an idle one can only help."""
+    p = policy(max_running_per_worker=2)
+    p.on_worker_state(state("w1", 1, weight_bytes=3 * GB // 2), now=0.0)
+    p.on_worker_state(state("w2", 1, weight_bytes=3 * GB // 2), now=0.0)
+    placed = [p.submit(request(f"a{i}", "a"), now=0.1 + i / 100)[0].worker_id for i in range(3)]
+    assert placed == ["w1", "w1", "w2"]
+
+
 def test_unknown_model_gets_404_naming_the_known_ones():
     p = policy()
     p.on_worker_state(state("w1", 1), now=0.1)

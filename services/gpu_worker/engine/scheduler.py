@@ -98,6 +98,7 @@ class Scheduler:
                 self.waiting.remove(seq)
                 seq.state = SeqState.RUNNING
                 _insert_by_arrival(self.running, seq)
+                self._count_reuse(seq)
             seqs.append(seq)
             counts.append(n)
             budget -= n
@@ -172,7 +173,11 @@ class Scheduler:
         cache.acquire(seq.pages)
         seq.prefix_entries = [entry for entry, _ in found]
         seq.num_cached = len(found) * block_tokens
-        cache.hit_tokens += seq.num_cached
+
+    def _count_reuse(self, seq: Sequence) -> None:
+        """A sequence starts prefilling with the cached tokens it took (0 when none)."""
+        if self.pages.cache is not None:
+            self.pages.cache.hit_tokens += seq.num_cached
         if not seq.output_ids:  # (a recompute after a preemption is the engine's business)
             seq.cached_prompt_tokens = seq.num_cached
 
