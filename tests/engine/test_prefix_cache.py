@@ -235,3 +235,54 @@ def test_shared_pages_survive_model_switches_and_kv_swaps(model_store, tokenizer
     finally:
         engine.close()
         alone.close()
+
+
+@pytest.mark.parametrize("reclaimed", [False, True])
+def test_parked_sequences_leave_shared_pages_cached_and_recompute_when_they_are_reclaimed(model_store, reclaimed):
+    """Four requests share a 6-page system prompt (demo-llama, 8 KiB pages of 4 tokens). Swapped
+    out, only their own pages go to host memory: the shared ones stay cached on the device, so
+    parking them takes no more host pages than their private tails, and they come back shared.
+    If another request needs every page meanwhile, the cached ones are reclaimed: those requests
+    then compute their KV again. Either way each decodes what it decodes alone."""
+    model = "demo-llama"
+    paths = {model: model_store.path(model)}
+    page = 8 << 10
+    engine = Engine(small_config(kv_page_bytes=page, kv_arena_bytes=40 * page, host_swap_bytes=80 * page), paths)
+    alone = Engine(small_config(prefix_caching=False), paths)
+    try:
+        engine.activate(model)
+        block = engine.slot(model).block_tokens
+        system = list(range(100, 100 + 6 * block))
+        params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
+        requests = [EngineRequest(f"c{i}", model, (*system, 7 + i), params) for i in range(4)]
+        tokens = {r.request_id: [] for r in requests}
+        for r in requests:
+            engine.add_request(r)
+        while min(len(t) for t in tokens.values()) < 2:
+            for out in engine.step():
+                tokens[out.request_id].append(out.token_id)
+        own = {r.request_id: len(engine.sequence(r.request_id).pages) - 6 for r in requests}
+
+        assert engine.swap_out(model=model) == 4
+        stats = engine.stats()
+        assert stats.total_host_pages - stats.free_host_pages == sum(own.values()), "only the private tails"
+        assert stats.free_pages == stats.total_pages, "the shared pages wait idle, counted as free"
+        if reclaimed:
+            big = EngineRequest("big", model, tuple(range(1000, 1000 + 39 * block)), SamplingParams(temperature=0.0, max_tokens=2))
+            engine.add_request(big)
+            while not any(out.finish_reason for out in engine.step(["big"])):
+                pass
+            parked = engine.sequence("c0").parked_prefix
+            assert len(parked) >= 6 and not all(engine.prefix_cache.still_holds(e, p) for e, p in parked)
+        while engine.has_work(model):
+            for out in engine.step():
+                tokens[out.request_id].append(out.token_id)
+
+        for r in requests:
+            expected = run_to_completion(alone, [r])[r.request_id].token_ids
+            assert tokens[r.request_id] == expected, r.request_id
+        stats = engine.stats()
+        assert stats.free_pages == stats.total_pages and stats.free_host_pages == stats.total_host_pages
+    finally:
+        engine.close()
+        alone.close()

@@ -263,7 +263,7 @@ class Engine:
         if seq is None:
             return False
         self.swap.pages.free(seq.host_pages)
-        seq.host_pages = []
+        seq.host_pages, seq.parked_prefix = [], []
         self.scheduler.finish(seq, "abort")
         return True
 
@@ -369,30 +369,59 @@ class Engine:
     # ---- KV swap --------------------------------------------------------------------
 
     def swap_out(self, model: str | None = None, request_ids: Collection[str] | None = None) -> int:
-        """Parks running sequences' KV pages in host memory, freeing their device pages."""
+        """Parks running sequences' KV pages in host memory, freeing their device pages. The
+        leading pages the prefix cache holds stay where they are (shared pages would otherwise
+        come back as one copy per sequence); the sequence lets go of them like any other."""
         seqs = self._select(self.scheduler.running, model, request_ids)
         for seq in seqs:
-            if not self.swap.pages.can_allocate(len(seq.pages)):
+            kept = self._cached_lead(seq)
+            tail = seq.pages[len(kept) :]
+            if not self.swap.pages.can_allocate(len(tail)):
                 raise OutOfMemoryError(
                     f"host swap area is full ({self.swap.pages.num_free} pages free, "
-                    f"{len(seq.pages)} needed); raise host_swap_bytes"
+                    f"{len(tail)} needed); raise host_swap_bytes"
                 )
-            seq.host_pages = self.swap.pages.allocate(len(seq.pages))
-            copy_pages(self.swap.kv, seq.host_pages, self.arena.kv, seq.pages)
+            seq.host_pages = self.swap.pages.allocate(len(tail))
+            copy_pages(self.swap.kv, seq.host_pages, self.arena.kv, tail)
+            seq.parked_prefix = kept
             self.scheduler.release_pages(seq)
             self.scheduler.mark_swapped(seq)
         return len(seqs)
 
+    def _cached_lead(self, seq: Sequence) -> list[tuple[int, int]]:
+        """(entry, page) of seq's leading pages that the prefix cache holds as its own entries."""
+        kept: list[tuple[int, int]] = []
+        if self.prefix_cache is not None:
+            for entry, page in zip(seq.prefix_entries, seq.pages):
+                if not self.prefix_cache.still_holds(entry, page):
+                    break
+                kept.append((entry, page))
+        return kept
+
     def swap_in(self, model: str | None = None, request_ids: Collection[str] | None = None) -> int:
-        """Brings swapped sequences back, oldest first, while device pages last."""
+        """Brings swapped sequences back, oldest first, while device pages last: their cached
+        leading pages again (unless one was reclaimed meanwhile: then the sequence computes its
+        KV again), the rest from host memory."""
         count = 0
         for seq in self._select(self.scheduler.swapped, model, request_ids):
-            if not self.arena.pages.can_allocate(len(seq.host_pages)):
+            cache, kept = self.prefix_cache, seq.parked_prefix
+            if kept and not all(cache.still_holds(entry, page) for entry, page in kept):
+                self.synchronize()  # its host pages may still be the target of the swap-out copy
+                self.swap.pages.free(seq.host_pages)
+                seq.host_pages, seq.parked_prefix = [], []
+                self.scheduler.recompute_swapped(seq)
+                continue
+            reviving = sum(cache.refs(page) == 0 for _, page in kept)  # idle pages count as free now
+            if not self.arena.pages.can_allocate(len(seq.host_pages) + reviving):
                 break
-            seq.pages = self.arena.pages.allocate(len(seq.host_pages))
-            copy_pages(self.arena.kv, seq.pages, self.swap.kv, seq.host_pages)
+            if kept:
+                cache.acquire([page for _, page in kept])
+            tail = self.arena.pages.allocate(len(seq.host_pages))
+            copy_pages(self.arena.kv, tail, self.swap.kv, seq.host_pages)
             self.swap.pages.free(seq.host_pages)
-            seq.host_pages = []
+            seq.pages = [page for _, page in kept] + tail
+            seq.prefix_entries = [entry for entry, _ in kept]
+            seq.host_pages, seq.parked_prefix = [], []
             self.scheduler.mark_swapped_in(seq)
             count += 1
         return count
@@ -423,10 +452,15 @@ class Engine:
         count = pages_needed(seq.num_cached, slot.block_tokens)
         if seq.state is SeqState.SWAPPED:
             self.synchronize()  # its device-to-host copies may still be in flight
-            source, pages = self.swap.kv, seq.host_pages[:count]
+            kept = seq.parked_prefix
+            if kept and not all(self.prefix_cache.still_holds(entry, page) for entry, page in kept):
+                raise KvHandoffError(f"request {request_id!r}: part of its swapped-out KV was reclaimed")
+            parts = [(self.arena.kv, [page for _, page in kept]), (self.swap.kv, seq.host_pages)]
         else:
-            source, pages = self.arena.kv, seq.pages[:count]
-        data = source.index_select(0, torch.tensor(pages, device=source.device)).cpu()
+            parts = [(self.arena.kv, seq.pages)]
+        data = torch.cat([
+            source.index_select(0, torch.tensor(pages, device=source.device)).cpu() for source, pages in parts if pages
+        ])[:count]
         digest = tokens_digest(seq.token_ids[: seq.num_cached])
         write_entry(path, EntryHeader(self.kv_shape(seq.model), seq.num_cached, count, digest), data)
 

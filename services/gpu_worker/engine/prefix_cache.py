@@ -51,6 +51,11 @@ class PrefixCache:
     def holds(self, page: int) -> bool:
         return page in self._key_of
 
+    def still_holds(self, entry: int, page: int) -> bool:
+        """Whether `page` is still cached as `entry` (not reclaimed since)."""
+        key = self._key_of.get(page)
+        return key is not None and self._entries[key][0] == entry
+
     def refs(self, page: int) -> int:
         """Sequences using the cached page (0: idle)."""
         return self._refs[page]

@@ -206,6 +206,12 @@ class Scheduler:
         seq.state = SeqState.SWAPPED
         _insert_by_arrival(self.swapped, seq)
 
+    def recompute_swapped(self, seq: Sequence) -> None:
+        """A swapped-out sequence whose KV cannot come back whole computes it again."""
+        self.swapped.remove(seq)
+        seq.num_cached = 0
+        self.add(seq)
+
     def mark_swapped_in(self, seq: Sequence) -> None:
         self.swapped.remove(seq)
         seq.state = SeqState.RUNNING

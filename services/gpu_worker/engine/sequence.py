@@ -129,6 +129,9 @@ class Sequence:
     """Prefix cache entries of its leading full pages, one per page (prefix_cache.py)."""
     cached_prompt_tokens: int = 0
     """Tokens of its first prefill that the prefix cache served."""
+    parked_prefix: list[tuple[int, int]] = field(default_factory=list)
+    """While swapped out: (prefix cache entry, device page) of its leading pages that stayed
+    cached on the device instead of going to host memory with the rest."""
     host_pages: list[int] = field(default_factory=list)
     state: SeqState = SeqState.WAITING
     finish_reason: str | None = None
