@@ -359,8 +359,8 @@ class RouterPolicy:
     def _round_has_room(self, view: WorkerView, model: str) -> bool:
         """The worker's round with a turn of the model added stays within max_round_load; an
         idle worker always has room (even a model that alone needs more)."""
-        schedule = self._schedule(view.worker_id)
-        if not any(h.remaining or not h.prefilled for h in schedule.held.values()):
+        schedule = self._schedules.get(view.worker_id)
+        if schedule is None or not any(h.remaining or not h.prefilled for h in schedule.held.values()):
             return True
         tbt_s = self._slos.get(model, DEFAULT_SLO)[1]
         return schedule.load_with(view, model, tbt_s) <= self.config.max_round_load

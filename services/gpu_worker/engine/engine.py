@@ -91,8 +91,6 @@ class EngineStats:
     waiting: int
     running: int
     swapped: int
-    cached_pages: int = 0
-    """KV pages the prefix cache holds (in use or idle; the idle ones count as free)."""
     prefix_hit_tokens: int = 0
     """Prompt tokens whose K/V came from the prefix cache, since the engine started."""
 
@@ -398,6 +396,10 @@ class Engine:
                 kept.append((entry, page))
         return kept
 
+    def _parked_intact(self, seq: Sequence) -> bool:
+        """Whether every page a swapped-out seq left cached on the device is still cached."""
+        return all(self.prefix_cache.still_holds(entry, page) for entry, page in seq.parked_prefix)
+
     def swap_in(self, model: str | None = None, request_ids: Collection[str] | None = None) -> int:
         """Brings swapped sequences back, oldest first, while device pages last: their cached
         leading pages again (unless one was reclaimed meanwhile: then the sequence computes its
@@ -405,7 +407,7 @@ class Engine:
         count = 0
         for seq in self._select(self.scheduler.swapped, model, request_ids):
             cache, kept = self.prefix_cache, seq.parked_prefix
-            if kept and not all(cache.still_holds(entry, page) for entry, page in kept):
+            if not self._parked_intact(seq):
                 self.synchronize()  # its host pages may still be the target of the swap-out copy
                 self.swap.pages.free(seq.host_pages)
                 seq.host_pages, seq.parked_prefix = [], []
@@ -452,10 +454,9 @@ class Engine:
         count = pages_needed(seq.num_cached, slot.block_tokens)
         if seq.state is SeqState.SWAPPED:
             self.synchronize()  # its device-to-host copies may still be in flight
-            kept = seq.parked_prefix
-            if kept and not all(self.prefix_cache.still_holds(entry, page) for entry, page in kept):
+            if not self._parked_intact(seq):
                 raise KvHandoffError(f"request {request_id!r}: part of its swapped-out KV was reclaimed")
-            parts = [(self.arena.kv, [page for _, page in kept]), (self.swap.kv, seq.host_pages)]
+            parts = [(self.arena.kv, [page for _, page in seq.parked_prefix]), (self.swap.kv, seq.host_pages)]
         else:
             parts = [(self.arena.kv, seq.pages)]
         data = torch.cat([
@@ -495,7 +496,6 @@ class Engine:
             waiting=len(s.waiting),
             running=len(s.running),
             swapped=len(s.swapped),
-            cached_pages=self.prefix_cache.num_cached if self.prefix_cache else 0,
             prefix_hit_tokens=self.prefix_cache.hit_tokens if self.prefix_cache else 0,
         )
 

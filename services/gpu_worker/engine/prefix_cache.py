@@ -44,10 +44,6 @@ class PrefixCache:
     def num_idle(self) -> int:
         return len(self._idle)
 
-    @property
-    def num_cached(self) -> int:
-        return len(self._key_of)
-
     def holds(self, page: int) -> bool:
         return page in self._key_of
 

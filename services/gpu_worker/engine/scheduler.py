@@ -82,11 +82,13 @@ class Scheduler:
         for seq in candidates:
             if budget == 0 or len(seqs) == self.max_batch_size:
                 break
-            if seq.state is SeqState.WAITING and not seq.pages:
+            starting = seq.state is SeqState.WAITING and not seq.pages
+            if starting:
                 self._reuse_prefix(seq, block_tokens)
-                if self._next_page_key(seq, block_tokens) in computing:
-                    self._drop_pages(seq)  # another computes that page now: next step it is cached
-                    continue
+            key = self._next_page_key(seq, block_tokens)
+            if starting and key in computing:
+                self._drop_pages(seq)  # another computes that page now: next step it is cached
+                continue
             n = min(seq.num_uncached, budget)
             extra = pages_needed(seq.num_cached + n, block_tokens) - len(seq.pages)
             if not self.pages.can_allocate(extra):
@@ -102,7 +104,7 @@ class Scheduler:
             seqs.append(seq)
             counts.append(n)
             budget -= n
-            if (key := self._next_page_key(seq, block_tokens)) is not None:
+            if key is not None:
                 computing.add(key)
         return ScheduledBatch(model, seqs, counts, is_prefill=True) if seqs else None
 
@@ -185,11 +187,10 @@ class Scheduler:
         """The prefix cache key of the first full prompt page seq has yet to compute; None
         without a cache or such a page. Sequences of one prompt (n choices) that arrive
         together would all compute it; the later ones wait a step and take it from the cache."""
-        entries = seq.prefix_entries
-        i = len(entries)
+        i = len(seq.prefix_entries)
         if self.pages.cache is None or (i + 1) * block_tokens > len(seq.token_ids) - 1:
             return None
-        return entries[-1] if entries else seq.model, tuple(seq.token_ids[i * block_tokens : (i + 1) * block_tokens])
+        return _page_key(seq, i, block_tokens)
 
     def _offer_full_pages(self, seq: Sequence, block_tokens: int) -> None:
         cache = self.pages.cache
@@ -197,9 +198,7 @@ class Scheduler:
             return
         entries = seq.prefix_entries
         while (len(entries) + 1) * block_tokens <= seq.num_cached:
-            i = len(entries)
-            tokens = tuple(seq.token_ids[i * block_tokens : (i + 1) * block_tokens])
-            entries.append(cache.register(entries[-1] if entries else seq.model, tokens, seq.pages[i]))
+            entries.append(cache.register(*_page_key(seq, len(entries), block_tokens), seq.pages[len(entries)]))
 
     def mark_swapped(self, seq: Sequence) -> None:
         self.running.remove(seq)
@@ -216,6 +215,12 @@ class Scheduler:
         self.swapped.remove(seq)
         seq.state = SeqState.RUNNING
         _insert_by_arrival(self.running, seq)
+
+
+def _page_key(seq: Sequence, i: int, block_tokens: int) -> tuple[object, tuple[int, ...]]:
+    """The prefix cache key of seq's page i: its parent entry (the model's name for the first) and its tokens."""
+    parent = seq.prefix_entries[i - 1] if i else seq.model
+    return parent, tuple(seq.token_ids[i * block_tokens : (i + 1) * block_tokens])
 
 
 def _eligible(model: str, only: Collection[str] | None):
