@@ -144,7 +144,8 @@ class CancelRequest:
 
 @message
 class TokenChunk:
-    """Tokens of one request from index on; the last chunk has a finish_reason or an error."""
+    """Tokens of one request from index on; the last chunk has a finish_reason or an error.
+    `usage` comes with the last chunk, and (so far) with the first chunk a worker sends."""
 
     VERSION: ClassVar[int] = 3
     request_id: str

@@ -41,6 +41,8 @@ class TokenReassembler:
     def __init__(self):
         self.next_index = 0
         self.done = False
+        self.cached_tokens = 0
+        """As the latest chunk with a usage said (the worker sends it before the last chunk)."""
         self._ahead: dict[int, TokenChunk] = {}
 
     def push(self, chunk: TokenChunk) -> Delivery:
@@ -68,6 +70,8 @@ class TokenReassembler:
     def _apply(self, chunk: TokenChunk, out: Delivery) -> None:
         skip = self.next_index - chunk.index
         new = chunk.token_ids[skip:]
+        if chunk.usage is not None:
+            self.cached_tokens = chunk.usage.cached_tokens
         out.token_ids.extend(new)
         _extend_aligned(out.logprobs, chunk.logprobs, skip, len(new))
         _extend_aligned(out.top_logprobs, chunk.top_logprobs, skip, len(new))
@@ -209,5 +213,5 @@ class TextStream:
             update.finish_reason = got.finish_reason
         if update.finish_reason is not None:
             self.done = True
-            update.usage = got.usage or Usage(self.prompt_tokens, self.completion_tokens)
+            update.usage = got.usage or Usage(self.prompt_tokens, self.completion_tokens, self._order.cached_tokens)
         return update

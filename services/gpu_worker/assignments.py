@@ -81,9 +81,12 @@ def engine_request(msg: AssignRequest, context_length: int | None) -> EngineRequ
 def token_chunk(a: Assignment, out: StepOutput, worker_id: str) -> TokenChunk:
     """Counts the token into `a` and wraps it for the bus."""
     index = a.next_index
+    first = a.produced == 0
     a.produced += 1
     cached = min(out.cached_tokens, a.prompt_tokens)  # (a resumed request re-prefilled its own tokens too)
-    usage = Usage(a.prompt_tokens, a.next_index, cached) if out.finish_reason is not None else None
+    # The first token's chunk carries the usage so far too: a gateway that ends the request on
+    # a stop string before the last chunk still knows the cached tokens.
+    usage = Usage(a.prompt_tokens, a.next_index, cached) if first or out.finish_reason is not None else None
     logprobs = (out.logprob,) if out.logprob is not None else None
     top = (out.top_logprobs,) if out.top_logprobs is not None else None
     return TokenChunk(a.request_id, index, (out.token_id,), logprobs, out.finish_reason, usage, None, worker_id, top)

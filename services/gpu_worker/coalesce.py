@@ -65,7 +65,7 @@ def _join(parts: list[TokenChunk]) -> TokenChunk:
         logprobs=logprobs,
         top_logprobs=top,
         finish_reason=last.finish_reason,
-        usage=last.usage,
+        usage=next((p.usage for p in reversed(parts) if p.usage is not None), None),
     )
 
 

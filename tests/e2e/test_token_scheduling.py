@@ -45,6 +45,17 @@ def tok(model_store):
     return Tokenizer(model_store.path(MODELS[0]))
 
 
+LONG_PROMPT = "The lighthouse keeper wrote in the log every evening: wind, sea, ships seen, lamp lit. " * 3
+
+
+def cached_tokens_of_a_completion(base_url: str, prompt: str) -> int:
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0)
+    resp = client.completions.create(model=MODELS[0], prompt=prompt, max_tokens=4, temperature=0)
+    return resp.usage.prompt_tokens_details.cached_tokens
+
+
 def stream_all(base_url: str) -> dict[str, tuple[list[float], str, list[str]]]:
     """One streamed completion per model at once: {model: (token times, text, finish reasons)}."""
     from openai import AsyncOpenAI
@@ -158,8 +169,12 @@ def test_disaggregated_prefill_hands_the_kv_to_the_decode_worker(tmp_path_factor
             if decoded >= len(MODELS) * (TOKENS - 2) or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
+        repeated = [cached_tokens_of_a_completion(s.base_url, LONG_PROMPT) for _ in range(2)]
     finally:
         s.stop()
+    # The prompt was computed (and found cached the second time) on worker-0; the usage comes
+    # from worker-1, which learnt it from the hand-off.
+    assert repeated[0] == 0 and repeated[1] > len(tok.encode(LONG_PROMPT)) // 2, repeated
     for model, (_, text, reasons) in results.items():
         assert text == tok.decode(greedy_reference(model, tuple(tok.encode(PROMPT)), TOKENS, ignore_eos=True)), model
         assert reasons == ["length"]

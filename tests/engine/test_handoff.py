@@ -3,6 +3,7 @@ imports the entry and decodes on; the output is what the request gives run alone
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import replace
 
@@ -17,6 +18,7 @@ from services.gpu_worker.engine.handoff import (
     KvEntryMissingError,
     KvHandoffError,
     KvNoRoomError,
+    MAGIC,
 )
 from services.gpu_worker.engine.sequence import EngineRequest, SamplingParams
 
@@ -133,6 +135,46 @@ def test_kv_swapped_out_is_exported_and_an_import_without_free_device_pages_wait
 
     assert [first] + rest == expected and not any(s.is_prefill for s in steps)
     assert decode.abort("hog")
+    assert_pages_balance(decode)
+
+
+def rewrite_header(entry, path, **fields) -> None:
+    """Writes a copy of `entry` at `path` with header fields changed (None removes one)."""
+    raw = entry.read_bytes()
+    start = len(MAGIC) + 4
+    length = int.from_bytes(raw[len(MAGIC) : start], "little")
+    header = json.loads(raw[start : start + length])
+    header = {k: v for k, v in (header | fields).items() if v is not None}
+    meta = json.dumps(header).encode()
+    path.write_bytes(MAGIC + len(meta).to_bytes(4, "little") + meta + raw[start + length :])
+
+
+def test_the_decode_side_reports_the_prompt_tokens_the_prefill_side_took_from_its_cache(engines, long_prompt, tmp_path):
+    """The client's usage shows cached tokens where the prompt was computed, which in
+    disaggregated mode is the other engine; an entry from a writer that did not record them
+    reads as none, a nonsensical count is refused."""
+    prefill, decode = engines(), engines()
+    expected = solo(prefill, LLAMA, long_prompt)  # leaves the prompt's full pages cached
+    entry = tmp_path / "r.kv"
+    first = prefill_and_export(prefill, LLAMA, long_prompt, entry)
+    hits = (len(long_prompt) - 1) // 16 * 16  # every full page but the one with the last token
+
+    decode.add_request(continuation(LLAMA, long_prompt, first), kv_entry=entry)
+    decode.activate(LLAMA)
+    outputs = []
+    while decode.sequence("r") is not None:
+        outputs += decode.step(["r"])
+    assert [first] + [o.token_id for o in outputs] == expected
+    assert {o.cached_tokens for o in outputs} == {hits}
+
+    older, negative = tmp_path / "older.kv", tmp_path / "negative.kv"
+    rewrite_header(entry, older, prompt_cache_hits=None)
+    rewrite_header(entry, negative, prompt_cache_hits=-1)
+    with pytest.raises(KvEntryCorruptError, match="prompt_cache_hits is -1"):
+        decode.add_request(continuation(LLAMA, long_prompt, first), kv_entry=negative)
+    decode.add_request(continuation(LLAMA, long_prompt, first), kv_entry=older)
+    assert decode.sequence("r").cached_prompt_tokens == 0
+    assert decode.abort("r")
     assert_pages_balance(decode)
 
 

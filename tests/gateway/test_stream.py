@@ -122,6 +122,15 @@ def test_text_stream_end_to_end(tok):
     assert final.usage == Usage(2, 3)
 
 
+def test_a_stop_string_before_the_workers_last_chunk_keeps_the_cached_tokens_of_its_first(tok):
+    ids = tok.encode("one two three four")
+    s = TextStream(tok, stop=(" three",), prompt_ids=(5, 6, 7, 8))
+    first = TokenChunk("r", 0, (ids[0],), None, None, Usage(4, 1, cached_tokens=3))
+    updates = [s.push(first)] + [s.push(chunk(i, [t])) for i, t in enumerate(ids) if i]
+    final = next(u for u in updates if u.finished)
+    assert final.stopped_early and final.usage == Usage(4, 3, cached_tokens=3)
+
+
 def test_text_stream_takes_the_workers_usage(tok):
     s = TextStream(tok, prompt_ids=(1, 2, 3))
     u = s.push(TokenChunk("r", 0, tuple(tok.encode("hi")), None, "length", Usage(3, 1)))

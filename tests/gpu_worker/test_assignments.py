@@ -28,9 +28,19 @@ def test_indices_and_usage_of_a_resumed_request_continue_from_the_resumed_tokens
     first = token_chunk(a, StepOutput("r1", "demo-llama", 42, 0, None, None), "w1")
     # The re-prefill found 5 of its 6 tokens (prompt and resumed) cached: the client's prompt is 3.
     last = token_chunk(a, StepOutput("r1", "demo-llama", 43, 1, -0.5, "length", cached_tokens=5), "w1")
-    assert (first.index, first.token_ids, first.usage, first.worker_id) == (3, (42,), None, "w1")
+    assert (first.index, first.token_ids, first.worker_id) == (3, (42,), "w1")
     assert (last.index, last.finish_reason, last.logprobs) == (4, "length", (-0.5,))
     assert last.usage == Usage(prompt_tokens=3, completion_tokens=5, cached_tokens=3)
+
+
+def test_the_first_chunk_carries_the_usage_so_far_and_the_middle_ones_none():
+    """So that a gateway ending the request early on a stop string knows its cached tokens."""
+    a = assignment(assign(prompt=(1, 2, 3, 4), max_tokens=3))
+    outs = [StepOutput("r1", "demo-llama", 40 + i, i, None, "length" if i == 2 else None, cached_tokens=2) for i in range(3)]
+    first, middle, last = (token_chunk(a, out, "w1") for out in outs)
+    assert first.usage == Usage(prompt_tokens=4, completion_tokens=1, cached_tokens=2)
+    assert middle.usage is None
+    assert last.usage == Usage(prompt_tokens=4, completion_tokens=3, cached_tokens=2)
 
 
 def test_every_sampling_value_reaches_the_engine_and_a_resumed_request_says_how_many_tokens_are_its_own():

@@ -25,6 +25,14 @@ def test_consecutive_tokens_of_each_request_join_and_requests_stay_apart():
     assert out[1][1].finish_reason is None and out[1][1].usage is None
 
 
+def test_a_joined_chunk_keeps_the_latest_usage_of_its_parts():
+    first = tok("a", 0, 10, usage=Usage(5, 1, 4))
+    out = coalesce([(A, first), (A, tok("a", 1, 11)), (A, tok("a", 2, 12))])
+    assert [(c.token_ids, c.usage) for _, c in out] == [((10, 11, 12), Usage(5, 1, 4))]
+    out = coalesce([(A, first), (A, tok("a", 1, 11, "length", usage=Usage(5, 2, 4)))])
+    assert [(c.token_ids, c.usage) for _, c in out] == [((10, 11), Usage(5, 2, 4))]
+
+
 def test_logprobs_join_with_their_tokens():
     out = coalesce([(A, tok("a", 0, 10, logprob=-0.5)), (A, tok("a", 1, 11, logprob=-1.5))])
 

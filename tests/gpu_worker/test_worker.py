@@ -11,7 +11,7 @@ from services.gpu_worker.engine.generate import run_to_completion
 from services.gpu_worker.engine.sequence import EngineRequest, SamplingParams
 from shared import bus, subjects
 from shared.catalog import load_catalog
-from shared.protocol import Placement, Sampling, WorkerPlacement, encode
+from shared.protocol import Placement, Sampling, Usage, WorkerPlacement, encode
 
 from .conftest import GREEDY, BusClient, running_worker, take_turns, token_ids, token_indexes, worker_config
 
@@ -58,7 +58,8 @@ async def test_tokens_stream_in_order_and_match_the_engine_run_alone(nats_url, c
     assert [c.finish_reason for c in chunks] == [None] * (GREEDY.max_tokens - 1) + ["length"]
     assert chunks[-1].usage.prompt_tokens == len(prompt_ids)
     assert chunks[-1].usage.completion_tokens == GREEDY.max_tokens
-    assert all(c.usage is None for c in chunks[:-1])
+    assert chunks[0].usage == Usage(len(prompt_ids), 1)  # the usage so far comes first too
+    assert all(c.usage is None for c in chunks[1:-1])
     assert token_ids(chunks) == solo_greedy(config, model_store, "demo-qwen2", prompt_ids, GREEDY.max_tokens)
 
 

@@ -463,10 +463,11 @@ class Engine:
             source.index_select(0, torch.tensor(pages, device=source.device)).cpu() for source, pages in parts if pages
         ])[:count]
         digest = tokens_digest(seq.token_ids[: seq.num_cached])
-        write_entry(path, EntryHeader(self.kv_shape(seq.model), seq.num_cached, count, digest), data)
+        header = EntryHeader(self.kv_shape(seq.model), seq.num_cached, count, digest, seq.cached_prompt_tokens)
+        write_entry(path, header, data)
 
     def _import_kv(self, seq: Sequence, path: Path) -> None:
-        cached, data = read_entry(path, self.kv_shape(seq.model), seq.token_ids)
+        header, data = read_entry(path, self.kv_shape(seq.model), seq.token_ids)
         count = data.shape[0]
         if self.arena.pages.can_allocate(count):
             seq.pages = self.arena.pages.allocate(count)
@@ -480,7 +481,8 @@ class Engine:
                 f"the KV entry {path} needs {count} pages; {self.arena.pages.num_free} device and "
                 f"{self.swap.pages.num_free} host pages are free"
             )
-        seq.num_cached = cached
+        seq.num_cached = header.cached_tokens
+        seq.cached_prompt_tokens = header.prompt_cache_hits
 
     # ---- introspection --------------------------------------------------------------
 

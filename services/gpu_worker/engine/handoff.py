@@ -79,6 +79,9 @@ class EntryHeader:
     pages: int
     tokens_sha256: str
     """Digest of those tokens, so that KV is never attached to other tokens."""
+    prompt_cache_hits: int = 0
+    """Prompt tokens the writer took from its prefix cache: the decode side reports them as
+    the request's cached tokens. (Optional in the header: a writer before it wrote none.)"""
     version: int = FORMAT_VERSION
 
     def to_json(self) -> bytes:
@@ -86,6 +89,7 @@ class EntryHeader:
             "cached_tokens": self.cached_tokens,
             "pages": self.pages,
             "tokens_sha256": self.tokens_sha256,
+            "prompt_cache_hits": self.prompt_cache_hits,
             "version": self.version,
         }
         return json.dumps(fields, separators=(",", ":")).encode()
@@ -119,8 +123,8 @@ def write_entry(path: Path, header: EntryHeader, pages: torch.Tensor) -> None:
         raise KvHandoffError(f"could not write KV entry {path}: {e}") from None
 
 
-def read_entry(path: Path, shape: KvShape, token_ids) -> tuple[int, torch.Tensor]:
-    """The entry's cached token count and its pages as a CPU tensor of `shape.dtype`.
+def read_entry(path: Path, shape: KvShape, token_ids) -> tuple[EntryHeader, torch.Tensor]:
+    """The entry's header and its pages as a CPU tensor of `shape.dtype`.
 
     Checks every header field against `shape` and the request's `token_ids`: the entry must
     hold a proper prefix of them (the last token's K/V is what the next step computes).
@@ -143,7 +147,7 @@ def read_entry(path: Path, shape: KvShape, token_ids) -> tuple[int, torch.Tensor
     except OSError as e:
         raise KvHandoffError(f"could not read KV entry {path}: {e}") from None
     dtype = getattr(torch, shape.dtype)
-    return header.cached_tokens, torch.frombuffer(data, dtype=torch.uint8).view(dtype).view(header.pages, -1)
+    return header, torch.frombuffer(data, dtype=torch.uint8).view(dtype).view(header.pages, -1)
 
 
 def _read_header(f, path: Path) -> EntryHeader:
@@ -161,7 +165,12 @@ def _read_header(f, path: Path) -> EntryHeader:
                 f"KV entry {path} has format version {fields.get('version')!r}; this worker reads {FORMAT_VERSION}"
             )
         shape = KvShape(str(fields["model"]), int(fields["block_tokens"]), int(fields["page_bytes"]), str(fields["dtype"]))
-        return EntryHeader(shape, int(fields["cached_tokens"]), int(fields["pages"]), str(fields["tokens_sha256"]))
+        hits = int(fields.get("prompt_cache_hits", 0))
+        if hits < 0:
+            raise ValueError(f"prompt_cache_hits is {hits}")
+        return EntryHeader(
+            shape, int(fields["cached_tokens"]), int(fields["pages"]), str(fields["tokens_sha256"]), hits
+        )
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise KvEntryCorruptError(f"KV entry {path} has a malformed header ({type(e).__name__}: {e})") from None
 
