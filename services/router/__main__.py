@@ -73,6 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
         "whose round would then need more than this share of its time (default %(default)s; 1.0: just keeps the TBT)",
     )
     parser.add_argument(
+        "--no-prefix-routing", dest="prefix_routing", action="store_false",
+        help="choose among workers alike by load only, not by the prompt their prefix caches probably hold",
+    )
+    parser.add_argument(
+        "--prefix-load-slack", type=float, default=p.prefix_load_slack,
+        help="how much busier (a share of its slots) a worker with more of the prompt cached may be than the "
+        "least loaded one and still take the request (default %(default)s)",
+    )
+    parser.add_argument(
         "--prefill-workers", type=int, default=p.prefill_workers,
         help="disaggregated mode: this many workers only prefill, the rest only decode (default 0: both everywhere)",
     )
@@ -101,6 +110,8 @@ def build_config(args: argparse.Namespace) -> RouterConfig:
         scheduling=args.scheduling,
         max_quota_s=args.max_quota,
         max_round_load=args.max_round_load,
+        prefix_routing=args.prefix_routing,
+        prefix_load_slack=args.prefix_load_slack,
         prefill_workers=args.prefill_workers,
         kv_handoff=args.kv_handoff,
         attainment_window_s=args.attainment_window,

@@ -98,6 +98,13 @@ class PolicyConfig:
     batches need to keep their TBT, switches included; above 1 no quotas keep them all); it
     waits for a slot beside its model's batch. Below 1 for the margin the estimate leaves out
     (prefills, estimation error); bench/README.md has the sweep behind 0.6."""
+    prefix_routing: bool = True
+    """Among workers that could take a request alike (holders of its model, or workers equal on
+    the other criteria), prefer the one whose prefix cache probably holds the most of its
+    prompt (prefix_index.py): a chat's next turn, a shared system prompt."""
+    prefix_load_slack: float = 0.125
+    """How much busier, as a share of its slots, a holder of the model with more of the prompt
+    cached may be than the least loaded holder and still take the request."""
     max_quota_s: float = 2.0
     """The longest decode turn while other models wait (Q_max of the quota formula)."""
     min_turn_steps: int = 4
@@ -127,6 +134,8 @@ class PolicyConfig:
             raise ValueError(f"scheduling {self.scheduling!r}: use one of {', '.join(SCHEDULING)}")
         if self.max_quota_s <= 0 or self.min_switch_s < 0:
             raise ValueError("max_quota_s must be > 0 and min_switch_s >= 0")
+        if not 0 <= self.prefix_load_slack <= 1:
+            raise ValueError(f"prefix_load_slack must be in [0, 1] (a share of a worker's slots), got {self.prefix_load_slack}")
         if not self.max_round_load > 0:
             raise ValueError(f"max_round_load must be > 0 (1.0: a round that just keeps its TBT), got {self.max_round_load}")
         if self.min_turn_steps < 1:

@@ -37,6 +37,7 @@ from services.router.decisions import (
     not_found,
     queue_full,
 )
+from services.router.prefix_index import PrefixIndex
 from services.router.turns.estimates import Priors, WorkerEstimates
 from services.router.turns.held import Held
 from services.router.turns.schedule import WorkerSchedule
@@ -86,6 +87,8 @@ class RouterPolicy:
         """Worker -> models the autoscaler placed in its host memory (empty without an autoscaler)."""
         self._last_served: dict[str, float] = {}
         """Model -> when a live worker last reported serving it."""
+        self._prefixes: dict[str, PrefixIndex] = {}
+        """Worker -> what its prefix cache probably holds (prefix_index.py)."""
 
     # ---- events ----------------------------------------------------------------------
 
@@ -110,7 +113,7 @@ class RouterPolicy:
             return self._reject(request, no_worker(model), 0, now)
         queue = self._queues[model]
         capped = self._blocked(now)
-        worker = None if queue or (capped and capped(request.tenant)) else self._pick(model, now, fresh=True)
+        worker = None if queue or (capped and capped(request.tenant)) else self._pick(tracked, now)
         if worker is None and len(queue) >= self.config.max_queue_per_model:
             return self._reject(request, queue_full(model, self.config.max_queue_per_model), 0, now)
         self._requests[rid] = tracked
@@ -129,6 +132,7 @@ class RouterPolicy:
         before = view.reported_running if view is not None and not restarted else frozenset()
         if view is None or restarted:
             self._schedules.pop(state.worker_id, None)
+            self._prefixes.pop(state.worker_id, None)  # a new process starts with an empty cache
         if view is None:
             view = self._workers[state.worker_id] = WorkerView.from_state(state, now)
             view.drained = view.worker_id in self._drained
@@ -296,12 +300,16 @@ class RouterPolicy:
             return live[:k], live[k:]
         return live, live
 
-    def _pick(self, model: str, now: float, fresh: bool) -> WorkerView | None:
-        """A worker whose waiting prefill group of this model has room (grouped FCFS), else the
-        scorers' choice (warm, then least loaded). `fresh`: the request has no token yet, so in
-        disaggregated mode it goes to a prefill worker; else to a decode worker."""
+    def _pick(self, tracked: TrackedRequest, now: float) -> WorkerView | None:
+        """A worker whose waiting prefill group of this model has room (grouped FCFS), unless a
+        worker's cache probably holds part of the request's prompt; else `_home`'s choice. A
+        request with no token yet goes to a prefill worker in disaggregated mode; else to a
+        decode worker."""
+        model = tracked.model
         prefill, decode = self._roles(now)
-        live = prefill if fresh else decode
+        live = prefill if not tracked.tokens else decode
+        if any(self._cached_pages(v, tracked) for v in live):
+            return self._home(live, tracked)
         for view in live:
             schedule = self._schedules.get(view.worker_id)
             waiting = 0 if schedule is None else sum(
@@ -310,16 +318,18 @@ class RouterPolicy:
             if 0 < waiting % self.config.max_prefill_group and scoring.can_take(view, model, self.config):
                 if not (self._replicated(model) and self._held_of(view.worker_id, model) >= self.config.max_batch_size):
                     return view
-        return self._home(live, model)
+        return self._home(live, tracked)
 
-    def _home(self, views: list[WorkerView], model: str) -> WorkerView | None:
+    def _home(self, views: list[WorkerView], tracked: TrackedRequest) -> WorkerView | None:
         """Model affinity, then balance. A worker that already holds requests of the model takes
         the new one: it joins their batch, so the model costs that worker no extra step or switch,
         where a second worker would spend both. Otherwise the worker whose held models ask the
         least of it (`_demand`) takes it, warmth and load breaking ties; that spreads the models
         over the pool instead of piling them where one happens to be resident. A model the
         autoscaler placed on several workers (replicas) goes only to those, and a holder whose
-        batch of it is full lets the next request go to another replica."""
+        batch of it is full lets the next request go to another replica. Among workers alike,
+        the one whose prefix cache probably holds more of the request's prompt (`_closest`)."""
+        model = tracked.model
         candidates = [v for v in views if scoring.can_take(v, model, self.config)]
         if not candidates:
             return None
@@ -329,7 +339,7 @@ class RouterPolicy:
             holders = [v for v in holders if self._held_of(v.worker_id, model) < self.config.max_batch_size]
             candidates = placed
         if holders:
-            return min(holders, key=lambda v: (v.load, v.worker_id))
+            return self._closest(holders, tracked)
         if self._kept_together(model, views):
             candidates = [v for v in candidates if self._round_has_room(v, model)]
             if not candidates:
@@ -340,10 +350,37 @@ class RouterPolicy:
                 bool(self._placed) and model not in self._placed.get(v.worker_id, ()),
                 *self._demand(v),
                 -scoring.warmth(v, model, self.config),
+                -self._cached_pages(v, tracked),
                 v.load,
                 v.worker_id,
             ),
         )
+
+    def _closest(self, holders: list[WorkerView], tracked: TrackedRequest) -> WorkerView:
+        """The least loaded holder; or, among holders within `prefix_load_slack` of its load, the
+        one whose cache probably holds the most of the request's prompt. A conversation's next
+        turn then finds its earlier turns where they were computed, instead of on 1 of n
+        replicas; the slack bounds the imbalance that costs."""
+        least = min(holders, key=lambda v: (v.load, v.worker_id))
+        slack = self.config.prefix_load_slack * scoring.slots(least, self.config)
+        near = [v for v in holders if v.load <= least.load + slack]
+        return min(near, key=lambda v: (-self._cached_pages(v, tracked), v.load, v.worker_id))
+
+    def _cached_pages(self, view: WorkerView, tracked: TrackedRequest) -> int:
+        """Pages of the request's tokens the worker's prefix cache probably holds (0 without prefix routing)."""
+        index = self._prefixes.get(view.worker_id)
+        if index is None or not self.config.prefix_routing:
+            return 0
+        return index.match(tracked.page_keys(view.block_tokens_of(tracked.model)))
+
+    def _remember_prefix(self, tracked: TrackedRequest) -> None:
+        """The request's tokens so far are (or will be) in its worker's prefix cache."""
+        view = self._workers.get(tracked.worker_id) if tracked.worker_id else None
+        if view is None or not self.config.prefix_routing:
+            return
+        keys = tracked.page_keys(view.block_tokens_of(tracked.model))
+        if keys:
+            self._prefixes.setdefault(view.worker_id, PrefixIndex()).add(keys, view.total_kv_pages)
 
     def _kept_together(self, model: str, views: list[WorkerView]) -> bool:
         """Whether a request of the model should wait for a slot on a worker that holds it rather
@@ -497,6 +534,7 @@ class RouterPolicy:
             on_device=adopted,
         )
         self._schedule(view.worker_id).add(held)
+        self._remember_prefix(tracked)
 
     def _drive(self, now: float) -> list[Decision]:
         """Gives each idle live worker its next turn and replaces turns that must give way."""
@@ -536,7 +574,7 @@ class RouterPolicy:
                 if best_key is not None and key >= best_key:
                     continue
                 head = self._requests[waiting.request_id]
-                worker = self._pick(model, now, fresh=not head.tokens)
+                worker = self._pick(head, now)
                 if worker is not None:
                     best, best_key = (head, worker), key
             if best is None:
@@ -628,6 +666,7 @@ class RouterPolicy:
             if self._dropping.pop(rid, None) is None:  # (a preempted one waits in no queue)
                 self._queues[tracked.model].remove(rid)
         else:
+            self._remember_prefix(tracked)  # with its output: a chat's next turn starts with it
             self._workers_assigned_discard(tracked)
             self._set_worker(tracked, None)
         self._remember_finished(rid)

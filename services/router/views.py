@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from services.router.prefix_index import page_keys
 from shared.protocol import GenerateRequest, TokenChunk, WorkerState
 
 
@@ -98,6 +99,7 @@ class TrackedRequest:
     """It gave its slot to another tenant once (preemption.py): never again."""
     seen_at: list[float] = field(default_factory=list)
     """When the router saw each new token (the client sees it then too), for its SLO attainment."""
+    _page_keys: tuple[tuple[int, int], list[int]] | None = field(default=None, repr=False)
 
     @property
     def model(self) -> str:
@@ -117,3 +119,11 @@ class TrackedRequest:
     def produced(self) -> tuple[int, ...]:
         """The gap-free prefix of produced tokens: what a new worker resumes from."""
         return tuple(self.tokens[i] for i in range(self.prefix))
+
+    def page_keys(self, block_tokens: int) -> list[int]:
+        """prefix_index.page_keys of its prompt and produced tokens, kept until those grow."""
+        memo_key = (block_tokens, self.prefix)
+        if self._page_keys is None or self._page_keys[0] != memo_key:
+            tokens = tuple(self.request.prompt_token_ids) + self.produced()
+            self._page_keys = (memo_key, page_keys(self.model, tokens, block_tokens))
+        return self._page_keys[1]

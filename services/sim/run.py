@@ -235,7 +235,10 @@ class Simulation:
         if config.scheduling not in ("token", "request"):
             raise SimError(f"Simulation runs the router's token or request scheduling, not {config.scheduling!r}")
         policy = config.policy or policy_config(self.cost, config.scheduling)
-        policy = dataclasses.replace(policy, scheduling=config.scheduling, prefill_workers=config.prefill_gpus)
+        # (No prefix routing: simulated workers keep no prefix cache and prompts are placeholder tokens.)
+        policy = dataclasses.replace(
+            policy, scheduling=config.scheduling, prefill_workers=config.prefill_gpus, prefix_routing=False
+        )
         slos = {m: (config.ttft_s, config.tbt_s) for m in models}
         self.policy = RouterPolicy(models, policy, now=self.loop.now, slos=slos)
         self.workers: dict[str, SimWorker] = {}

@@ -32,3 +32,14 @@ def test_the_round_load_flag_reaches_the_policy_and_a_bad_one_stops_the_router(c
     catalog.write_text('[[models]]\nname = "m"\npath = "m"\n')
     assert main(["--nats", "nats://127.0.0.1:1", "--catalog", str(catalog), "--max-round-load", "-1"]) == 2
     assert "max_round_load must be > 0" in capsys.readouterr().err
+
+
+def test_the_prefix_routing_flags_reach_the_policy_and_a_bad_slack_stops_the_router(capsys, tmp_path):
+    default = build_config(build_parser().parse_args(["--nats", "nats://x:1"])).policy
+    assert (default.prefix_routing, default.prefix_load_slack) == (True, 0.125)
+    args = build_parser().parse_args(["--nats", "nats://x:1", "--no-prefix-routing", "--prefix-load-slack", "0.5"])
+    assert (build_config(args).policy.prefix_routing, build_config(args).policy.prefix_load_slack) == (False, 0.5)
+    catalog = tmp_path / "catalog.toml"
+    catalog.write_text('[[models]]\nname = "m"\npath = "m"\n')
+    assert main(["--nats", "nats://127.0.0.1:1", "--catalog", str(catalog), "--prefix-load-slack", "2"]) == 2
+    assert "prefix_load_slack must be in [0, 1]" in capsys.readouterr().err
