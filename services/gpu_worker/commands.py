@@ -79,6 +79,8 @@ class Snapshot:
     """(model, shape) for each served model."""
     running_models: tuple[str, ...] = ()
     """The model of each request in `running`."""
+    applied: int = 0
+    """How many commands the thread had applied (EngineThread.submit numbers them from 1)."""
 
 
 @dataclass(frozen=True)

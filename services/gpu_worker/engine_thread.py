@@ -21,6 +21,7 @@ service wraps with loop.call_soon_threadsafe. With no turn the thread blocks on 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import threading
@@ -94,6 +95,8 @@ class EngineThread:
         self._clock = clock
         self._kv_area = kv_area or HandoffArea(env.kv_handoff_dir())
         self._commands: queue.SimpleQueue[Command] = queue.SimpleQueue()
+        self._submitted = itertools.count(1)
+        self._applied = 0
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
         self._engine: Engine | None = None
         self._shapes: tuple[tuple[str, ModelShape], ...] = ()
@@ -112,8 +115,11 @@ class EngineThread:
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, command: Command) -> None:
+    def submit(self, command: Command) -> int:
+        """Queues the command for the thread; returns its number (Snapshot.applied counts them)."""
+        number = next(self._submitted)
         self._commands.put(command)
+        return number
 
     def join(self, timeout: float | None = None) -> bool:
         self._thread.join(timeout)
@@ -168,6 +174,7 @@ class EngineThread:
                 self._flush()
                 return False
             self._apply(command)
+            self._applied += 1
         if self._next is not None:
             command, self._next = self._next, None
             self._begin(command)
@@ -200,7 +207,7 @@ class EngineThread:
         turn_id = self._turn.turn_id if self._turn is not None else 0
         running = tuple(sorted(self._requests))
         models = tuple(self._requests[r].model for r in running)
-        return Snapshot(self._ready, self._engine.stats(), running, turn_id, self._shapes, models)
+        return Snapshot(self._ready, self._engine.stats(), running, turn_id, self._shapes, models, self._applied)
 
     # ---- commands -------------------------------------------------------------------
 

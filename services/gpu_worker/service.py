@@ -56,6 +56,8 @@ class GpuWorker:
         log.info("GPU: %s", f"{gpu.name}, {gpu.memory_free >> 20} MiB free" if gpu.available else gpu.reason)
         self.plan = plan_engine(config, self.catalog, gpu.memory_free if gpu.available else None)
         self.snapshot: cmd.Snapshot | None = None
+        self._handed: dict[str, tuple[int, str]] = {}
+        """Request id -> (its Assign command's number, model), until a snapshot has applied it."""
         self.accepting = True
         self._seq = 0
         self._stop = asyncio.Event()
@@ -160,7 +162,8 @@ class GpuWorker:
             if not self.accepting:
                 log.info("not taking %s while shutting down; the router will move it", command.request.id)
                 return
-            self._thread.submit(cmd.Assign(command, msg.headers))
+            number = self._thread.submit(cmd.Assign(command, msg.headers))
+            self._handed[command.request.id] = (number, command.request.model)
         elif isinstance(command, RunTurn):
             # Also while draining: the requests held here only progress in the router's turns.
             self._thread.submit(cmd.Turn(command, msg.headers))
@@ -231,9 +234,11 @@ class GpuWorker:
 
     async def _publish_state(self) -> None:
         self._seq += 1
+        applied = self.snapshot.applied if self.snapshot is not None else 0
+        self._handed = {rid: h for rid, h in self._handed.items() if h[0] > applied}
         state = worker_state(
             self.config.worker_id, self.models, self.config.device, self.snapshot, self.accepting, self._seq, time.time(),
-            max_running(self.config),
+            max_running(self.config), {rid: model for rid, (_, model) in self._handed.items()},
         )
         try:
             await self.nc.publish(subjects.WORKER_STATE, encode(state))

@@ -100,6 +100,14 @@ def test_worker_state_from_a_snapshot():
     assert draining.models == (ModelResidency("demo-llama", "device"),)  # no shape known: zeros
 
 
+def test_requests_the_engine_thread_has_not_taken_yet_are_reported_running_once():
+    stats = EngineStats("demo-llama", {"demo-llama": "device"}, 100, 90, 200, 200, 0, 1, 0)
+    snapshot = Snapshot(True, stats, ("r1",), running_models=("demo-llama",))
+    queued = {"r1": "demo-llama", "r2": "demo-qwen2"}  # r1: taken since, the snapshot shows it
+    state = worker_state("w1", ["demo-llama", "demo-qwen2"], "cpu", snapshot, True, 7, 123.0, queued=queued)
+    assert (state.running, state.running_models) == (("r1", "r2"), ("demo-llama", "demo-qwen2"))
+
+
 def test_worker_state_before_the_engine_exists_is_not_ready():
     state = worker_state("w1", ["demo-llama"], "cpu", None, True, 1, 0.0)
     assert not state.ready and state.models == (ModelResidency("demo-llama", "disk"),)

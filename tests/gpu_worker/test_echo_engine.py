@@ -107,3 +107,28 @@ async def test_a_worker_with_the_echo_engine_streams_the_prompt_back(nats_url, p
     assert token_ids(chunks) == [prompt_ids[i % len(prompt_ids)] for i in range(7)]
     assert chunks[-1].finish_reason == "length" and chunks[-1].usage.completion_tokens == 7
     assert (report.reason, report.prefill_steps, report.decode_steps, report.decode_tokens) == ("done", 1, 6, 6)
+
+
+@pytest.mark.asyncio
+async def test_a_request_assigned_during_a_long_step_is_reported_running_before_the_step_ends(nats_url, prompt_ids):
+    """The engine thread takes new requests only between steps, and a step can take seconds (a
+    long prefill on a busy CPU). The worker's reports list the request meanwhile: a router that
+    saw reports without it would count it lost and assign it again, maybe elsewhere."""
+    client = await BusClient.connect(nats_url)
+    try:
+        config = worker_config(nats_url, "w-slow", engine="echo", echo_step_s=2.5)
+        async with running_worker(config):
+            await client.state("w-slow", lambda s: s.ready and s.active_model is not None)
+            await client.assign("w-slow", "slow-1", "demo-llama", prompt_ids, Sampling(max_tokens=2, ignore_eos=True))
+            await client.run_turn("w-slow", "demo-llama", ["slow-1"])
+            await client.until(lambda: client.chunks("slow-1"), what="the first step's token")  # the second step runs
+            await client.assign("w-slow", "slow-2", "demo-llama", prompt_ids, Sampling(max_tokens=1))
+            state = await client.state("w-slow", lambda s: "slow-2" in s.running)
+            tokens_then = len(client.chunks("slow-1"))
+            await client.cancel("w-slow", "slow-2")  # (it never gets a turn)
+            await client.finished("slow-1")
+    finally:
+        await client.close()
+
+    assert tokens_then == 1, "the report came only after the step"
+    assert state.running_models[state.running.index("slow-2")] == "demo-llama"
