@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from services.cli import bench_fairness, bench_market, bench_sched, bench_serve
+from services.cli import bench_chat, bench_fairness, bench_market, bench_sched, bench_serve
 from shared.model_store import ModelStore
 
 DEMO_MODELS = ("demo-llama", "demo-qwen2", "demo-mistral")
@@ -73,6 +73,7 @@ def register(subparsers) -> None:
     bench_sched.register(kinds)
     bench_market.register(kinds)
     bench_fairness.register(kinds)
+    bench_chat.register(kinds)
 
 
 def _batches(text: str) -> tuple[int, ...]:

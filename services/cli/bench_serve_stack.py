@@ -1,4 +1,4 @@
-"""The stack `tokenpool bench serve` measures: nats-server, router, one gpu_worker and the gateway.
+"""The stack `tokenpool bench serve` measures: nats-server, router, gpu_worker(s) and the gateway.
 
     with ServeStack(run_dir, model_path, "demo-llama", worker_args=[...]) as stack:
         stack.wait_healthy(120)
@@ -44,7 +44,7 @@ def write_models_catalog(path: Path, models: Mapping[str, Path], ttft_s: float =
 
 class ServeStack:
     WORKER_ID = "bench-worker"
-    """The one gpu_worker's id on the bus."""
+    """The first gpu_worker's id on the bus; the others' are WORKER_ID-1, -2, ..."""
 
     def __init__(
         self,
@@ -55,6 +55,7 @@ class ServeStack:
         router_args: list[str],
         grace_s: float = 15.0,
         catalog: Path | None = None,
+        workers: int = 1,
     ):
         self.run_dir = Path(run_dir)
         # `catalog`: one written beforehand (several models, an SLO class); None: `model` alone.
@@ -63,6 +64,7 @@ class ServeStack:
         self.worker_args = worker_args
         self.router_args = router_args
         self.grace_s = grace_s
+        self.worker_ids = [self.WORKER_ID] + [f"{self.WORKER_ID}-{i}" for i in range(1, workers)]
         self.port = free_port()
         self.nats = NatsServer(self.run_dir / "nats")
         self.processes: dict[str, subprocess.Popen] = {}
@@ -86,7 +88,9 @@ class ServeStack:
         self.nats.start()
         common = ["--nats", self.nats.url, "--catalog", str(self.catalog), "--log-level", "WARNING"]
         self._spawn("router", "services.router", *common, *self.router_args)
-        self._spawn("worker", "services.gpu_worker", *common, "--worker-id", self.WORKER_ID, *self.worker_args)
+        for i, worker_id in enumerate(self.worker_ids):
+            name = "worker" if i == 0 else f"worker-{i}"
+            self._spawn(name, "services.gpu_worker", *common, "--worker-id", worker_id, *self.worker_args)
         self._spawn("gateway", "services.gateway", *common, "--host", "127.0.0.1", "--port", str(self.port))
 
     def _spawn(self, name: str, module: str, *args: str) -> None:
@@ -113,11 +117,11 @@ class ServeStack:
         return gateway_health(self.base_url)
 
     def wait_healthy(self, timeout_s: float) -> None:
-        """Until /health says a router and a worker serve; raises if a service exits or time runs out."""
+        """Until /health says a router and every worker serve; raises if a service exits or time runs out."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             status, body = self.health()
-            if status == 200 and body.get("workers"):
+            if status == 200 and len(body.get("workers", ())) >= len(self.worker_ids):
                 return
             for name, process in self.processes.items():
                 if process.poll() is not None:
@@ -143,7 +147,8 @@ class ServeStack:
 
     def stop(self) -> None:
         """Gateway first, nats-server last; SIGKILL for whatever outlives the grace period."""
-        order = [self.processes[n] for n in ("gateway", "worker", "router") if n in self.processes]
+        names = ["gateway"] + [n for n in self.processes if n.startswith("worker")] + ["router"]
+        order = [self.processes[n] for n in names if n in self.processes]
         for process in order:
             if process.poll() is None:
                 process.terminate()

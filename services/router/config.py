@@ -102,7 +102,7 @@ class PolicyConfig:
     """Among workers that could take a request alike (holders of its model, or workers equal on
     the other criteria), prefer the one whose prefix cache probably holds the most of its
     prompt (prefix_index.py): a chat's next turn, a shared system prompt."""
-    prefix_load_slack: float = 0.125
+    prefix_load_slack: float = 0.25
     """How much busier, as a share of its slots, a holder of the model with more of the prompt
     cached may be than the least loaded holder and still take the request."""
     max_quota_s: float = 2.0

@@ -328,7 +328,8 @@ class RouterPolicy:
         over the pool instead of piling them where one happens to be resident. A model the
         autoscaler placed on several workers (replicas) goes only to those, and a holder whose
         batch of it is full lets the next request go to another replica. Among workers alike,
-        the one whose prefix cache probably holds more of the request's prompt (`_closest`)."""
+        the one whose prefix cache probably holds more of the request's prompt (`_closest`); a
+        replica whose cache probably does counts as a holder."""
         model = tracked.model
         candidates = [v for v in views if scoring.can_take(v, model, self.config)]
         if not candidates:
@@ -338,6 +339,8 @@ class RouterPolicy:
         if self._replicated(model) and placed:  # a full batch spills to the next replica
             holders = [v for v in holders if self._held_of(v.worker_id, model) < self.config.max_batch_size]
             candidates = placed
+            if holders:  # a replica that probably holds part of the prompt is as good as a holder
+                holders += [v for v in placed if not self._holds(v.worker_id, model) and self._cached_pages(v, tracked)]
         if holders:
             return self._closest(holders, tracked)
         if self._kept_together(model, views):

@@ -36,7 +36,7 @@ def test_the_round_load_flag_reaches_the_policy_and_a_bad_one_stops_the_router(c
 
 def test_the_prefix_routing_flags_reach_the_policy_and_a_bad_slack_stops_the_router(capsys, tmp_path):
     default = build_config(build_parser().parse_args(["--nats", "nats://x:1"])).policy
-    assert (default.prefix_routing, default.prefix_load_slack) == (True, 0.125)
+    assert (default.prefix_routing, default.prefix_load_slack) == (True, 0.25)
     args = build_parser().parse_args(["--nats", "nats://x:1", "--no-prefix-routing", "--prefix-load-slack", "0.5"])
     assert (build_config(args).policy.prefix_routing, build_config(args).policy.prefix_load_slack) == (False, 0.5)
     catalog = tmp_path / "catalog.toml"

@@ -9,6 +9,7 @@ import pytest
 from services.router.config import PolicyConfig
 from services.router.decisions import Assign
 from services.router.prefix_index import PrefixIndex, page_keys
+from shared.protocol import Placement, WorkerPlacement
 
 from .builders import MODELS, request, state, tokens
 from .test_policy import policy
@@ -103,6 +104,28 @@ def test_a_prompt_nobody_computed_goes_by_load_and_a_restart_forgets_the_workers
     # w1 restarts (its report counter goes back, its clock on): its cache is gone, so is the index.
     p.on_worker_state(report("w1", 0, ts=5.0, running=("bg3", "bg5", "bg7")), now=1.0)
     assert "w1" not in p.policy._prefixes
+
+
+def replica_after_chat(**config) -> str:
+    """The autoscaler placed model a on both workers; a replica fills its batch (2 here) before
+    the next takes requests. The chat's first turn went to w2, as w1's batch was full; then w1
+    has room again. The worker the chat's next turn goes to."""
+    p = policy(max_batch_size=2, max_prefill_group=1, **config)
+    for w in ("w1", "w2"):
+        p.on_worker_state(report(w, 1), now=0.0)
+    p.on_placement(Placement(1, (WorkerPlacement("w1", ("a",)), WorkerPlacement("w2", ("a",))), 0.0), now=0.0)
+    assert [assigned(p.submit(request(f"bg{i}"), now=0.1)) for i in range(2)] == [["w1"], ["w1"]]
+    assert assigned(p.submit(FIRST, now=0.2)) == ["w2"]
+    p.on_tokens(tokens("chat-1", 0, ANSWER, "w2", finish="stop"), now=0.3)
+    p.on_tokens(tokens("bg1", 0, (7,), "w1", finish="stop"), now=0.4)
+    [worker] = assigned(p.submit(SECOND, now=0.5))
+    return worker
+
+
+def test_an_idle_replica_that_computed_the_chat_takes_its_next_turn_from_a_busy_holder():
+    """A replica whose cache probably holds the prompt counts as a holder of the model."""
+    assert replica_after_chat() == "w2"
+    assert replica_after_chat(prefix_routing=False) == "w1", "without prefix routing: the holder's batch"
 
 
 def test_a_bad_slack_is_refused_by_name():
