@@ -1,8 +1,8 @@
 """``tokenpool bench chat``: multi-turn chats on a model replicated on two workers, with the
 router's prefix-aware choice of worker and without it (load only), in one run.
 
-    tokenpool bench chat [--conversations 20] [--turns 4] [--answer-tokens 16] [--slots 12]
-                         [--repeats 1] [--model smollm2-135m-instruct] [--json] [--out PATH]
+    tokenpool bench chat [--conversations 24] [--turns 4] [--think-s 6] [--answer-tokens 16]
+                         [--slots 12] [--repeats 1] [--model smollm2-135m-instruct] [--json] [--out PATH]
 
 Each policy gets its own stack (nats-server, router, two gpu_workers, gateway; runs alternate
 between the policies). The model is placed on both workers, as the autoscaler places a hot model,
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.cli.bench_run import machine_brief, run_async, run_bench
+from services.router.slo.attainment import percentile
 
 POLICIES = {"prefix": [], "load": ["--no-prefix-routing"]}
 """Policy name -> the router's flags."""
@@ -52,11 +53,11 @@ def register(kinds) -> None:
         "through each and reports the share of later turns' prompt tokens served from a prefix cache and "
         "their time to first token. See bench/README.md.",
     )
-    p.add_argument("--conversations", type=int, default=20, help="chats at once (default: %(default)s)")
+    p.add_argument("--conversations", type=int, default=24, help="chats at once (default: %(default)s)")
     p.add_argument("--turns", type=int, default=4, help="turns per chat (default: %(default)s)")
     p.add_argument("--answer-tokens", type=int, default=16, help="max_tokens of each answer (default: %(default)s)")
     p.add_argument("--system-words", type=int, default=90, help="words in each chat's system prompt (default: %(default)s)")
-    p.add_argument("--think-s", type=float, default=1.0, help="a chat waits a random 0 to this many seconds "
+    p.add_argument("--think-s", type=float, default=6.0, help="a chat waits a random 0 to this many seconds "
                    "before each turn, as a user reads and types (default: %(default)s)")
     p.add_argument("--slots", type=int, default=12, help="requests per worker (router --max-running-per-worker) "
                    "(default: %(default)s)")
@@ -222,13 +223,14 @@ def summarize(turns: list[dict], wall_s: float) -> dict:
         prompt = sum(r["prompt_tokens"] for r in rows)
         cached = sum(r["cached_tokens"] for r in rows)
         ttft = sorted(r["ttft_s"] for r in rows)
+        p90 = percentile(ttft, 90)
         return {
             "turns": len(rows),
             "prompt_tokens": prompt,
             "cached_tokens": cached,
             "cached_share": round(cached / prompt, 4) if prompt else 0.0,
             "ttft_ms_p50": round(1000 * statistics.median(ttft), 1) if ttft else None,
-            "ttft_ms_p90": round(1000 * ttft[int(0.9 * (len(ttft) - 1))], 1) if ttft else None,
+            "ttft_ms_p90": round(1000 * p90, 1) if p90 is not None else None,
             "latency_ms_p50": round(1000 * statistics.median(r["latency_s"] for r in rows), 1) if rows else None,
         }
 
