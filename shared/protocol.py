@@ -1,8 +1,19 @@
 """Every message on the bus: typed dataclasses, encoded as compact msgpack arrays.
 
 On the wire a message is `[type name, version, field1, field2, ...]` in field order;
-nested dataclasses are arrays of their fields. Each message class carries a VERSION;
-a receiver refuses a message whose version it does not know, with an error that says so.
+nested dataclasses are arrays of their fields.
+
+Versions, so that services can be upgraded one at a time. Each message class carries a VERSION
+and SINCE (default: VERSION), the oldest version whose fields the current ones only extend: a
+version after SINCE appended fields, each with a default, at the end of the message or of a
+part inside it, and changed nothing else. Such a change is one a receiver may skip, so it
+keeps SINCE; any other change (a field removed, moved, retyped, or one whose meaning changed)
+sets SINCE to the new VERSION. On the wire the version is `VERSION`, or `[VERSION, SINCE]`
+when they differ. A receiver reads a message whose versions overlap its own range: an older one
+(fields missing at the end take their defaults) or a newer one (fields it does not know, at
+the end, are skipped); otherwise it refuses it with an error that names both. The fields of
+every version are recorded in tests/protocol_shapes.json, and tests/test_protocol.py checks that
+a change of fields came with a new VERSION and that SINCE tells the truth.
 """
 
 from __future__ import annotations
@@ -25,6 +36,9 @@ _MESSAGES: dict[str, type] = {}
 
 def message(cls):
     cls = dataclass(frozen=True)(cls)
+    cls.SINCE = cls.__dict__.get("SINCE", cls.VERSION)
+    if not 1 <= cls.SINCE <= cls.VERSION:
+        raise TypeError(f"{cls.__name__}: SINCE must be within 1..VERSION")
     _MESSAGES[cls.__name__] = cls
     return cls
 
@@ -322,7 +336,8 @@ def encode(msg) -> bytes:
     cls = type(msg)
     if _MESSAGES.get(cls.__name__) is not cls:
         raise ProtocolError(f"{cls.__name__} is not a bus message")
-    return msgpack.packb([cls.__name__, cls.VERSION, *_fields_to_wire(msg)], use_bin_type=True)
+    version = cls.VERSION if cls.SINCE == cls.VERSION else [cls.VERSION, cls.SINCE]
+    return msgpack.packb([cls.__name__, version, *_fields_to_wire(msg)], use_bin_type=True)
 
 
 def decode(data: bytes, *expected: type):
@@ -333,16 +348,29 @@ def decode(data: bytes, *expected: type):
         raise ProtocolError(f"not a msgpack message ({e})") from None
     if not isinstance(wire, list) or len(wire) < 2 or not isinstance(wire[0], str):
         raise ProtocolError("not a tokenpool message: expected [type, version, fields...]")
-    name, version, values = wire[0], wire[1], wire[2:]
+    name, header, values = wire[0], wire[1], wire[2:]
     cls = _MESSAGES.get(name)
     if cls is None:
         raise ProtocolError(f"unknown message type {name!r}")
     if expected and cls not in expected:
         wanted = " or ".join(c.__name__ for c in expected)
         raise ProtocolError(f"expected {wanted}, got {name}")
-    if version != cls.VERSION:
-        raise ProtocolError(f"{name} version {version} is not supported (this side speaks {cls.VERSION})")
-    return _from_wire(cls, values)
+    version, since = _versions(name, header)
+    if version < cls.SINCE or since > cls.VERSION:
+        theirs = f"{version}" if since == version else f"{version} (readable from version {since} on)"
+        ours = f"{cls.VERSION}" if cls.SINCE == cls.VERSION else f"{cls.SINCE} to {cls.VERSION}"
+        raise ProtocolError(f"{name} version {theirs} is not supported (this side speaks {ours})")
+    return _from_wire(cls, values, version != cls.VERSION)
+
+
+def _versions(name: str, header) -> tuple[int, int]:
+    """(version, since) from a message's version header: an int, or [version, since]."""
+    if isinstance(header, int) and not isinstance(header, bool):
+        return header, header
+    if (isinstance(header, list) and len(header) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in header)
+            and 1 <= header[1] <= header[0]):
+        return header[0], header[1]
+    raise ProtocolError(f"{name} has a malformed version {header!r}: expected an int or [version, since]")
 
 
 _ENCODERS: dict[type, tuple[tuple[str, typing.Callable | None], ...]] = {}
@@ -381,13 +409,21 @@ def _to_wire(value):
     return value
 
 
-_DECODERS: dict[type, list] = {}
+_DECODERS: dict[tuple[type, bool], list] = {}
 
 
-def _from_wire(cls, values):
-    decoders = _DECODERS.get(cls) or _DECODERS.setdefault(cls, _build_decoders(cls))
-    if not isinstance(values, list) or len(values) != len(decoders):
+def _from_wire(cls, values, other_version: bool = False):
+    """`other_version`: the sender speaks another version of the message, so this part may
+    lack fields added since (they take their defaults) or have some added later (skipped)."""
+    decoders = _DECODERS.get((cls, other_version)) or _DECODERS.setdefault(
+        (cls, other_version), _build_decoders(cls, other_version)
+    )
+    if not isinstance(values, list):
         raise ProtocolError(f"{cls.__name__} needs {len(decoders)} fields, got {_count(values)}")
+    if len(values) != len(decoders):
+        if not other_version or len(values) < _required(cls):
+            raise ProtocolError(f"{cls.__name__} needs {len(decoders)} fields, got {_count(values)}")
+        values = values[: len(decoders)]
     try:
         return cls(*[v if d is None else d(v) for d, v in zip(decoders, values)])
     except (TypeError, ValueError) as e:
@@ -398,24 +434,34 @@ def _count(values) -> str:
     return str(len(values)) if isinstance(values, list) else type(values).__name__
 
 
-def _build_decoders(cls) -> list:
+def _required(cls) -> int:
+    """How many leading fields have no default."""
+    fields = dataclasses.fields(cls)
+    return next(
+        (i for i, f in enumerate(fields)
+         if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING),
+        len(fields),
+    )
+
+
+def _build_decoders(cls, other_version: bool) -> list:
     hints = typing.get_type_hints(cls)
-    return [_decoder_for(hints[f.name]) for f in dataclasses.fields(cls)]
+    return [_decoder_for(hints[f.name], other_version) for f in dataclasses.fields(cls)]
 
 
-def _decoder_for(tp):
+def _decoder_for(tp, other_version: bool = False):
     """The function that turns a field's wire value into its type; None: the value as it is."""
     args = typing.get_args(tp)
     if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
         inner = [a for a in args if a is not type(None)]
-        decode_inner = _decoder_for(inner[0]) if len(inner) == 1 else None
+        decode_inner = _decoder_for(inner[0], other_version) if len(inner) == 1 else None
         if decode_inner is None:
             return None
         return lambda v: None if v is None else decode_inner(v)
     if dataclasses.is_dataclass(tp):
-        return lambda v: _from_wire(tp, v)
+        return lambda v: _from_wire(tp, v, other_version)
     if typing.get_origin(tp) is tuple:
-        item = _decoder_for(args[0]) if args else None
+        item = _decoder_for(args[0], other_version) if args else None
         if item is None:
             return tuple
         return lambda v: tuple(item(x) for x in v)
