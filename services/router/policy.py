@@ -535,6 +535,7 @@ class RouterPolicy:
             tbt_s,
             prefilled=adopted,
             on_device=adopted,
+            cached_tokens=self._cached_pages(view, tracked) * view.block_tokens_of(request.model),
         )
         self._schedule(view.worker_id).add(held)
         self._remember_prefix(tracked)

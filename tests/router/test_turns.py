@@ -280,3 +280,30 @@ def test_kv_handoff_falls_back_to_recompute_for_a_request_the_prefill_worker_kep
     assert Cancel("w0", "r1") in moved
     [assign] = [d for d in moved if isinstance(d, Assign)]
     assert (assign.worker_id, assign.resume_token_ids, assign.kv_handoff) == ("w1", (7,), "")
+
+
+def second_ask_of_a_long_prompt(**config) -> list:
+    """A 5,000-token prompt under slow prefill priors (2 ms a token: 10 s, the TTFT objective)
+    brings its model's turn forward; it is answered; then the same prompt, a question longer,
+    arrives while the other model's bounded turn runs. The turns that arrival starts."""
+    from dataclasses import replace
+
+    from services.router.config import TimePriors
+
+    p, turn, now = settled(("a", "b"), time_priors=TimePriors(prefill_s_per_token=2e-3), **config)
+    other = "b" if turn.model == "a" else "a"
+    prompt = tuple(range(1000, 6000))
+    [urgent] = turns(p.submit(replace(request("first", other, 4), prompt_token_ids=prompt), now + 0.001))
+    assert urgent.model == other and "first" in urgent.request_ids
+    now += 0.002 + 10.0
+    [following] = serve(p, urgent, now)
+    p.on_tokens(tokens("first", 1, (7, 7, 7), "w1", finish="length"), now)
+    return turns(p.submit(replace(request("again", other, 4), prompt_token_ids=prompt + (8, 9)), now + 0.01))
+
+
+def test_a_prompt_the_worker_probably_holds_is_planned_as_the_rest_only():
+    """The router plans a prefill of what the worker's prefix cache probably lacks: the second
+    ask needs a few tokens computed, so the running turn is not cut short for it; planned as
+    the whole prompt, it would be."""
+    assert second_ask_of_a_long_prompt() == []
+    assert second_ask_of_a_long_prompt(prefix_routing=False) != []

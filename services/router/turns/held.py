@@ -23,6 +23,8 @@ class Held:
     """It produced a token here, so its KV cache lives on this worker."""
     on_device: bool = False
     """Its KV cache is believed to be in device memory (not parked in host memory)."""
+    cached_tokens: int = 0
+    """Of prompt_tokens, those the worker's prefix cache probably holds (not computed again)."""
 
     @property
     def context(self) -> int:

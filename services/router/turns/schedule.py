@@ -379,7 +379,8 @@ class WorkerSchedule:
         group = list(group)
         model = group[0].model
         weight_bytes = view.weight_bytes.get(model, 0)
-        cost = self.estimates.prefill_s(model, weight_bytes, sum(h.prompt_tokens for h in group))
+        tokens = sum(max(h.prompt_tokens - h.cached_tokens, 1) for h in group)
+        cost = self.estimates.prefill_s(model, weight_bytes, tokens)
         if switching and model != self.device_model:
             cost += self.estimates.switch_s(weight_bytes)
         return cost
