@@ -139,7 +139,7 @@ def _run(args, model_path: Path, tmp: Path) -> dict:
             try:
                 stack.start()
                 stack.wait_healthy(args.startup_timeout_s)
-                run_async(_replicate(stack.nats.url, stack.worker_ids, args.model))
+                run_async(_prepare(stack.nats.url, stack.worker_ids, args.model, args.startup_timeout_s))
                 _log(f"{name} routing, run {repeat + 1}: {args.conversations} chats x {args.turns} turns")
                 started = time.perf_counter()
                 turns = run_async(_talk(stack.base_url, args.model, workload, args.answer_tokens))
@@ -150,16 +150,33 @@ def _run(args, model_path: Path, tmp: Path) -> dict:
     return report(args, runs)
 
 
-async def _replicate(nats_url: str, workers: list[str], model: str) -> None:
-    """Places the model on every worker, as the autoscaler places a hot one, and gives the
-    router a moment to read it."""
+async def _prepare(nats_url: str, workers: list[str], model: str, timeout_s: float) -> None:
+    """Waits until every worker says it is ready (the gateway's /health counts workers that
+    report, ready or not), then places the model on every worker, as the autoscaler places a
+    hot one, and gives the router a moment to read it."""
     import nats
 
+    from shared import subjects
     from shared.bus import placement_bucket
-    from shared.protocol import Placement, WorkerPlacement, encode
+    from shared.protocol import Placement, WorkerPlacement, WorkerState, decode, encode
+
+    ready: set[str] = set()
+    all_ready = asyncio.Event()
+
+    async def on_state(msg) -> None:
+        state = decode(msg.data, WorkerState)
+        if state.ready:
+            ready.add(state.worker_id)
+        if ready >= set(workers):
+            all_ready.set()
 
     nc = await nats.connect(nats_url)
     try:
+        await nc.subscribe(subjects.WORKER_STATE, cb=on_state)
+        try:
+            await asyncio.wait_for(all_ready.wait(), timeout_s)
+        except TimeoutError:
+            raise TimeoutError(f"workers {sorted(set(workers) - ready)} were not ready after {timeout_s:g} s") from None
         placement = Placement(1, tuple(WorkerPlacement(w, (model,)) for w in workers), time.time())
         await (await placement_bucket(nc)).put("placement", encode(placement))
     finally:
@@ -186,6 +203,16 @@ async def _talk(base_url: str, model: str, workload, answer_tokens: int) -> list
 
 
 async def _conversation(client, model: str, c: int, chat: Chat, answer_tokens: int) -> list[dict]:
+    """The chat's turns; a turn the stack fails ends the run with a RuntimeError naming it."""
+    from openai import APIError
+
+    try:
+        return await _turns(client, model, c, chat, answer_tokens)
+    except APIError as e:
+        raise RuntimeError(f"chat {c}: the stack failed a turn: {e}") from None
+
+
+async def _turns(client, model: str, c: int, chat: Chat, answer_tokens: int) -> list[dict]:
     messages = [{"role": "system", "content": chat.system}]
     turns = []
     for t, (question, think_s) in enumerate(zip(chat.questions, chat.think_s)):
@@ -205,6 +232,8 @@ async def _conversation(client, model: str, c: int, chat: Chat, answer_tokens: i
             if chunk.usage is not None:
                 usage = chunk.usage
         end = time.perf_counter()
+        if usage is None:
+            raise RuntimeError(f"chat {c}, turn {t + 1}: the stream ended without its usage")
         messages.append({"role": "assistant", "content": "".join(parts)})
         details = usage.prompt_tokens_details
         turns.append({

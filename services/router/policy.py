@@ -240,6 +240,7 @@ class RouterPolicy:
             self._release_dropped(view.worker_id)
             del self._workers[view.worker_id]
             self._schedules.pop(view.worker_id, None)
+            self._prefixes.pop(view.worker_id, None)
         decisions: list[Decision] = []
         for model, queue in self._queues.items():
             if queue and not self._served(model, now) and self._grace_over(model, now):
@@ -301,15 +302,22 @@ class RouterPolicy:
         return live, live
 
     def _pick(self, tracked: TrackedRequest, now: float) -> WorkerView | None:
-        """A worker whose waiting prefill group of this model has room (grouped FCFS), unless a
-        worker's cache probably holds part of the request's prompt; else `_home`'s choice. A
-        request with no token yet goes to a prefill worker in disaggregated mode; else to a
-        decode worker."""
-        model = tracked.model
+        """A worker whose waiting prefill group of this model has room (grouped FCFS), unless
+        another worker's cache probably holds more of the request's prompt; else `_home`'s
+        choice. A request with no token yet goes to a prefill worker in disaggregated mode;
+        else to a decode worker."""
         prefill, decode = self._roles(now)
         live = prefill if not tracked.tokens else decode
-        if any(self._cached_pages(v, tracked) for v in live):
+        group = self._open_group(live, tracked.model)
+        if group is None:
             return self._home(live, tracked)
+        cached = self._cached_pages(group, tracked)
+        if any(self._cached_pages(v, tracked) > cached for v in live if scoring.can_take(v, tracked.model, self.config)):
+            return self._home(live, tracked)
+        return group
+
+    def _open_group(self, live: list[WorkerView], model: str) -> WorkerView | None:
+        """A worker whose waiting prefill group of the model has room and that can take one more."""
         for view in live:
             schedule = self._schedules.get(view.worker_id)
             waiting = 0 if schedule is None else sum(
@@ -318,7 +326,7 @@ class RouterPolicy:
             if 0 < waiting % self.config.max_prefill_group and scoring.can_take(view, model, self.config):
                 if not (self._replicated(model) and self._held_of(view.worker_id, model) >= self.config.max_batch_size):
                     return view
-        return self._home(live, tracked)
+        return None
 
     def _home(self, views: list[WorkerView], tracked: TrackedRequest) -> WorkerView | None:
         """Model affinity, then balance. A worker that already holds requests of the model takes

@@ -94,7 +94,7 @@ def test_without_prefix_routing_or_beyond_the_slack_the_least_loaded_holder_take
         assert chat_after_load_moved(p) == ("w1", "w2"), config
 
 
-def test_a_prompt_nobody_computed_goes_by_load_and_a_restart_forgets_the_workers_cache():
+def test_a_prompt_nobody_computed_goes_by_load_and_a_restarted_or_gone_worker_is_forgotten():
     p = two_holders(prefix_load_slack=0.25)
     chat_after_load_moved(p)  # 4 against 2: chat-2 runs on w1
     p.on_tokens(tokens("chat-2", 0, (7,), "w1", finish="stop"), now=0.7)  # 3 against 2
@@ -104,6 +104,10 @@ def test_a_prompt_nobody_computed_goes_by_load_and_a_restart_forgets_the_workers
     # w1 restarts (its report counter goes back, its clock on): its cache is gone, so is the index.
     p.on_worker_state(report("w1", 0, ts=5.0, running=("bg3", "bg5", "bg7")), now=1.0)
     assert "w1" not in p.policy._prefixes
+    # A worker that goes silent is forgotten with its index (autoscaled workers come and go).
+    assert "w2" in p.policy._prefixes
+    p.tick(now=10.0)
+    assert "w2" not in p.policy._workers and "w2" not in p.policy._prefixes
 
 
 def replica_after_chat(**config) -> str:
@@ -132,3 +136,28 @@ def test_a_bad_slack_is_refused_by_name():
     for bad in (-0.1, 1.5, float("nan")):
         with pytest.raises(ValueError, match="prefix_load_slack"):
             PolicyConfig(prefix_load_slack=bad)
+
+
+def test_a_request_joins_an_open_prefill_group_unless_another_worker_holds_more_of_its_prompt():
+    """Prefill groups (grouped FCFS, up to 4 here) still gather requests whose prompts share
+    no more than both workers hold (a chat template's first page); a request whose chat only
+    one worker computed goes there instead of joining the group."""
+    p = policy(max_running_per_worker=1, max_prefill_group=4, prefix_load_slack=0.0)
+    for w in ("w1", "w2"):
+        p.on_worker_state(report(w, 1), now=0.0)
+    assert [assigned(p.submit(request(f"bg{i}"), now=0.05)) for i in range(2)] == [["w1"], ["w2"]]  # both hold a
+    for i, worker in enumerate(("w1", "w2")):
+        p.on_tokens(tokens(f"bg{i}", 0, (7,), worker), now=0.06)
+    p.policy.config = replace(p.policy.config, max_running_per_worker=8)
+    template = (1, 2, 3, 4)
+    sent = (("t1", template + (9,), "w1"), ("c1", FIRST.prompt_token_ids, "w2"), ("t2", template + (9,), "w1"),
+            ("t3", template + (9,), "w2"))
+    for rid, prompt, worker in sent:
+        assert assigned(p.submit(turn(rid, prompt), now=0.1)) == [worker]  # the least loaded (a tie: w1)
+        p.on_tokens(tokens(rid, 0, (7,), worker), now=0.15)  # prefilled: no group open
+    # Each holds 3; both hold the template's page, only w2 holds the chat.
+    assert assigned(p.submit(turn("g1", template + (5, 6)), now=0.2)) == ["w1"]  # by load: a group opens
+    assert assigned(p.submit(turn("g2", template + (7, 8)), now=0.21)) == ["w1"], "it joins the open group"
+    chat = turn("c2", FIRST.prompt_token_ids + ANSWER + (9,))
+    p.policy.config = replace(p.policy.config, prefix_load_slack=0.5)
+    assert assigned(p.submit(chat, now=0.22)) == ["w2"], "its chat is on w2, not in w1's group"
