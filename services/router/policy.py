@@ -311,8 +311,8 @@ class RouterPolicy:
         group = self._open_group(live, tracked.model)
         if group is None:
             return self._home(live, tracked)
-        cached = self._cached_pages(group, tracked)
-        if any(self._cached_pages(v, tracked) > cached for v in live if scoring.can_take(v, tracked.model, self.config)):
+        cached = self._cached_tokens(group, tracked)
+        if any(self._cached_tokens(v, tracked) > cached for v in live if scoring.can_take(v, tracked.model, self.config)):
             return self._home(live, tracked)
         return group
 
@@ -348,7 +348,7 @@ class RouterPolicy:
             holders = [v for v in holders if self._held_of(v.worker_id, model) < self.config.max_batch_size]
             candidates = placed
             if holders:  # a replica that probably holds part of the prompt is as good as a holder
-                holders += [v for v in placed if not self._holds(v.worker_id, model) and self._cached_pages(v, tracked)]
+                holders += [v for v in placed if not self._holds(v.worker_id, model) and self._cached_tokens(v, tracked)]
         if holders:
             return self._closest(holders, tracked)
         if self._kept_together(model, views):
@@ -361,7 +361,7 @@ class RouterPolicy:
                 bool(self._placed) and model not in self._placed.get(v.worker_id, ()),
                 *self._demand(v),
                 -scoring.warmth(v, model, self.config),
-                -self._cached_pages(v, tracked),
+                -self._cached_tokens(v, tracked),
                 v.load,
                 v.worker_id,
             ),
@@ -375,14 +375,16 @@ class RouterPolicy:
         least = min(holders, key=lambda v: (v.load, v.worker_id))
         slack = self.config.prefix_load_slack * scoring.slots(least, self.config)
         near = [v for v in holders if v.load <= least.load + slack]
-        return min(near, key=lambda v: (-self._cached_pages(v, tracked), v.load, v.worker_id))
+        return min(near, key=lambda v: (-self._cached_tokens(v, tracked), v.load, v.worker_id))
 
-    def _cached_pages(self, view: WorkerView, tracked: TrackedRequest) -> int:
-        """Pages of the request's tokens the worker's prefix cache probably holds (0 without prefix routing)."""
+    def _cached_tokens(self, view: WorkerView, tracked: TrackedRequest) -> int:
+        """Of the request's tokens, those the worker's prefix cache probably holds (0 without
+        prefix routing); in tokens, as workers' pages may hold different numbers of them."""
         index = self._prefixes.get(view.worker_id)
         if index is None or not self.config.prefix_routing:
             return 0
-        return index.match(tracked.page_keys(view.block_tokens_of(tracked.model)))
+        block = view.block_tokens_of(tracked.model)
+        return index.match(tracked.page_keys(block)) * block
 
     def _remember_prefix(self, tracked: TrackedRequest) -> None:
         """The request's tokens so far are (or will be) in its worker's prefix cache."""
@@ -543,7 +545,7 @@ class RouterPolicy:
             tbt_s,
             prefilled=adopted,
             on_device=adopted,
-            cached_tokens=self._cached_pages(view, tracked) * view.block_tokens_of(request.model),
+            cached_tokens=self._cached_tokens(view, tracked),
         )
         self._schedule(view.worker_id).add(held)
         self._remember_prefix(tracked)
