@@ -72,23 +72,24 @@ def register(kinds) -> None:
     p.set_defaults(handler=bench_chat)
 
 
+LIMITS = {
+    "conversations": (1, 200, "chats"),
+    "turns": (2, 20, "(the figures are about the turns after the first)"),
+    "answer_tokens": (1, 256, "tokens"),
+    "system_words": (0, 2000, "words"),
+    "think_s": (0, 60, "seconds"),
+    "slots": (1, 256, "requests per worker"),
+    "prefix_load_slack": (0, 1, "(a share of a worker's slots)"),
+    "repeats": (1, 10, "runs per policy"),
+}
+"""Flag (as an attribute) -> (lowest, highest, what it counts)."""
+
+
 def _check(args: argparse.Namespace) -> str | None:
-    if not 1 <= args.conversations <= 200:
-        return f"--conversations {args.conversations}: use 1 to 200 chats"
-    if not 2 <= args.turns <= 20:
-        return f"--turns {args.turns}: use 2 to 20 (the figures are about the turns after the first)"
-    if not 1 <= args.answer_tokens <= 256:
-        return f"--answer-tokens {args.answer_tokens}: use 1 to 256"
-    if not 0 <= args.system_words <= 2000:
-        return f"--system-words {args.system_words}: use 0 to 2000"
-    if not 0 <= args.think_s <= 60:
-        return f"--think-s {args.think_s}: use 0 to 60 seconds"
-    if not 1 <= args.slots <= 256:
-        return f"--slots {args.slots}: use 1 to 256 requests per worker"
-    if args.prefix_load_slack is not None and not 0 <= args.prefix_load_slack <= 1:
-        return f"--prefix-load-slack {args.prefix_load_slack}: use 0 to 1 (a share of a worker's slots)"
-    if not 1 <= args.repeats <= 10:
-        return f"--repeats {args.repeats}: use 1 to 10"
+    for name, (low, high, unit) in LIMITS.items():
+        value = getattr(args, name)
+        if value is not None and not low <= value <= high:
+            return f"--{name.replace('_', '-')} {value}: use {low} to {high} {unit}"
     if args.startup_timeout_s <= 0:
         return f"--startup-timeout-s {args.startup_timeout_s}: must be positive"
     return None

@@ -1,9 +1,11 @@
 """Turn scheduling on one worker, driven by hand with a scripted clock (no bus, no engine)."""
 
 import math
+from dataclasses import replace
 
 import pytest
 
+from services.router.config import TimePriors
 from services.router.decisions import Assign, Cancel
 from services.router.slo.quota import TurnInput, decode_quotas
 
@@ -286,10 +288,6 @@ def second_ask_of_a_long_prompt(**config) -> list:
     """A 5,000-token prompt under slow prefill priors (2 ms a token: 10 s, the TTFT objective)
     brings its model's turn forward; it is answered; then the same prompt, a question longer,
     arrives while the other model's bounded turn runs. The turns that arrival starts."""
-    from dataclasses import replace
-
-    from services.router.config import TimePriors
-
     p, turn, now = settled(("a", "b"), time_priors=TimePriors(prefill_s_per_token=2e-3), **config)
     other = "b" if turn.model == "a" else "a"
     prompt = tuple(range(1000, 6000))
